@@ -1,0 +1,213 @@
+"""Dataset cards and dataset roots: list the cards, verify a root against its card, build the
+embedded default dataset, or write a tiny fixture in an official layout.
+
+Without a subcommand, lists the bundled dataset cards.
+
+Examples:
+  harness datasets list
+  harness datasets show visa
+  harness datasets verify /data/mvtec_anomaly_detection --dataset mvtec_ad
+  harness datasets verify /data/VisA --dataset visa --classes candle,pcb1 --no-pixels
+  harness datasets prepare embedded --seed 0
+  harness datasets fixture mvtec_loco /tmp/loco_fixture --variant missing_mask
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+NAME = "datasets"
+HELP = "list dataset cards, verify a dataset root, prepare the embedded dataset"
+
+SMALL_DATASET = 200  # samples; below this no progress bar is drawn
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND")
+
+    sub.add_parser("list", help="list the bundled dataset cards (the default)",
+                   description="List the bundled dataset cards: layout, modalities, classes, split totals, licence.")
+
+    show = sub.add_parser("show", help="show one card: classes and expected counts per split and defect type",
+                          description="Show one dataset card in full: classes, expected counts, licence, citation, notes.")
+    show.add_argument("name", help="dataset name, e.g. mvtec_ad, visa, mvtec_loco, mvtec_3d")
+
+    verify = sub.add_parser(
+        "verify", help="check a dataset root against its card and list every problem",
+        description="Read ROOT as dataset NAME, print counts per class, split and defect type against the card, "
+                    "then every problem found (missing or orphan masks, unknown or misnamed class folders, count "
+                    "mismatches, unreadable files, size mismatches). Exit status 1 if there is any problem, 0 otherwise.")
+    verify.add_argument("root", type=Path, help="the dataset root: the folder that holds the class folders")
+    verify.add_argument("--dataset", required=True, help="dataset name (its card picks the layout); 'generic' for your own MVTec-like data")
+    verify.add_argument("--classes", help="comma-separated subset of classes (if you downloaded only some)")
+    verify.add_argument("--expect", type=Path, metavar="CARD.yaml", help="a card whose classes and counts replace the bundled card's")
+    verify.add_argument("--no-pixels", action="store_true", help="check structure and counts only; do not decode every file")
+
+    prepare = sub.add_parser("prepare", help="build a dataset that the harness generates itself",
+                             description="Build a generated dataset. Only 'embedded' (the default dataset built from photos "
+                                         "shipped in Python wheels) can be prepared; official datasets must be downloaded by you.")
+    prepare.add_argument("name", choices=["embedded"], help="the dataset to build")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the generated split and anomalies (default 0)")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if a copy already exists in the cache")
+
+    fixture = sub.add_parser("fixture", help="write a tiny dataset in an official layout (to see or test a layout)",
+                             description="Write a tiny dataset (32x32 images) in LAYOUT under DIR, plus DIR/expected_card.yaml "
+                                         "for `harness datasets verify DIR --dataset ... --expect DIR/expected_card.yaml`.")
+    fixture.add_argument("layout", choices=["mvtec_ad", "visa", "mvtec_loco", "mvtec_3d", "generic"], help="on-disk layout")
+    fixture.add_argument("dir", type=Path, help="where to write it (must be empty or absent)")
+    fixture.add_argument("--variant", choices=["missing_mask", "misnamed_class", "corrupt_image"], help="plant one problem")
+    fixture.add_argument("--seed", type=int, default=0, help="random seed of the pixel content")
+    fixture.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.data.cards import CardError
+    from harness.data.registry import DatasetError
+
+    console = Console()
+    command = args.datasets_command or "list"
+    try:
+        if command == "list":
+            return _list(console)
+        if command == "show":
+            return _show(console, args.name)
+        if command == "verify":
+            return _verify(console, args)
+        if command == "prepare":
+            return _prepare(console, args)
+        return _fixture(console, args)
+    except (CardError, DatasetError, FileExistsError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
+        return 1
+
+
+def _plain(problem) -> str:
+    """A problem as markup-safe text: paths may hold square brackets."""
+    return escape(f"[{problem.kind}] {problem.message}")
+
+
+def _list(console: Console) -> int:
+    from harness.data.registry import list_cards
+
+    table = Table(title="Dataset cards")
+    for column in ("name", "layout", "modalities", "classes", "train", "validation", "test", "verified"):
+        table.add_column(column, justify="right" if column in ("classes", "train", "validation", "test") else "left")
+    for card in list_cards():
+        totals = [sum(c.split_total(s) for c in card.classes.values()) for s in ("train", "validation", "test")]
+        table.add_row(card.name, card.layout, ",".join(card.modalities), str(len(card.classes)),
+                      *(str(t) if t else "-" for t in totals),
+                      "yes" if card.counts_verified else "[yellow]no[/yellow]")
+    console.print(table)
+    console.print("Licence, citation and per-class counts: [bold]harness datasets show NAME[/bold]. "
+                  "Read your own MVTec-like data with [bold]--dataset generic[/bold] (classes discovered, counts reported).")
+    return 0
+
+
+def _show(console: Console, name: str) -> int:
+    from harness.data.registry import get_card
+
+    card = get_card(name)
+    console.print(f"[bold]{card.title}[/bold] ({card.name}), layout {card.layout}, modalities {', '.join(card.modalities)}")
+    console.print(f"licence: {card.licence}\ncitation: {card.citation}\nhomepage: {card.homepage}", soft_wrap=True)
+    if card.notes:
+        console.print(f"notes: {card.notes}", soft_wrap=True)
+    console.print(_counts_table(card.counts(), None, f"Expected counts ({'verified' if card.counts_verified else 'UNVERIFIED'})"))
+    return 0
+
+
+def _counts_table(found, expected, title: str) -> Table:
+    """Rows per class/split/defect; with expected, a column for it and a mark where they differ."""
+    table = Table(title=title)
+    for column in ("class", "split", "defect type", "found" if expected is not None else "images"):
+        table.add_column(column, justify="right" if column in ("found", "images") else "left")
+    if expected is not None:
+        table.add_column("expected", justify="right")
+        table.add_column("")
+    keys = sorted({(c, s, d) for source in (found, expected or {}) for c, per in source.items() for s, dd in per.items() for d in dd},
+                  key=lambda k: (k[0], ("train", "validation", "test").index(k[1]), k[2] != "good", k[2]))
+    for cls, split, defect in keys:
+        got = found.get(cls, {}).get(split, {}).get(defect, 0)
+        if expected is None:
+            table.add_row(cls, split, defect, str(got))
+            continue
+        want = expected.get(cls, {}).get(split, {}).get(defect)
+        mark = "" if want is None else ("[green]ok[/green]" if want == got else "[red]MISMATCH[/red]")
+        table.add_row(cls, split, defect, str(got), "-" if want is None else str(want), mark)
+    return table
+
+
+def _verify(console: Console, args: argparse.Namespace) -> int:
+    from harness.data.verify import verify_dataset
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    started = time.perf_counter()
+    with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal task
+            if total < SMALL_DATASET:
+                return
+            if task is None:
+                task = progress.add_task("decode", total=total)
+            progress.update(task, completed=done)
+
+        report = verify_dataset(args.dataset, args.root, classes=classes, expected=args.expect,
+                                check_pixels=not args.no_pixels, on_progress=advance)
+    expected = {c: dict(report.card.classes[c].counts) for c in report.counts if c in report.card.classes}
+    has_counts = any(expected.values())
+    console.print(_counts_table(report.counts, expected if has_counts else None,
+                                f"{report.card.name} at {report.root}"))
+    seconds = time.perf_counter() - started
+    console.print(f"{sum(n for per in report.counts.values() for d in per.values() for n in d.values())} samples, "
+                  f"{report.files_decoded} files decoded in {seconds:.1f} s; fingerprint {report.fingerprint[:16]}", soft_wrap=True)
+    for problem in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {_plain(problem)}", soft_wrap=True, highlight=False)
+    for problem in report.errors:
+        console.print(f"[red]problem[/red] {_plain(problem)}", soft_wrap=True, highlight=False)
+    if report.ok:
+        console.print(f"[green]OK[/green]: {report.root} matches {report.card.name}"
+                      + (f" ({len(report.warnings)} warning(s))" if report.warnings else ""))
+        return 0
+    console.print(f"[red]{len(report.errors)} problem(s)[/red] in {report.root}", soft_wrap=True)
+    return 1
+
+
+def _prepare(console: Console, args: argparse.Namespace) -> int:
+    try:
+        from harness.data.embedded import prepare_embedded
+    except ImportError as err:
+        console.print(f"[red]error:[/red] the embedded dataset builder is not available ({err})")
+        return 1
+    from harness.data.registry import count_samples, scan_dataset
+
+    started = time.perf_counter()
+    root = prepare_embedded(seed=args.seed, force=args.force)
+    seconds = time.perf_counter() - started
+    scan = scan_dataset("embedded", root)
+    console.print(_counts_table(count_samples(scan.layout.samples), None, "embedded dataset"))
+    console.print(f"written to {root} in {seconds:.1f} s (seed {args.seed})", soft_wrap=True)
+    for problem in scan.problems:
+        console.print(f"[yellow]{problem.severity}[/yellow] {_plain(problem)}", soft_wrap=True, highlight=False)
+    return 1 if scan.errors else 0
+
+
+def _fixture(console: Console, args: argparse.Namespace) -> int:
+    from harness.data.fixtures import write_fixture
+
+    info = write_fixture(args.layout, args.dir, seed=args.seed, size=args.size, variant=args.variant)
+    card_path = info.write_card(info.root / "expected_card.yaml")
+    console.print(_counts_table(info.counts, None, f"{args.layout} fixture at {info.root}"))
+    if info.broken is not None:
+        console.print(f"planted problem {info.variant}: {info.broken}", soft_wrap=True)
+    console.print(f"check it with: harness datasets verify {info.root} --dataset {info.dataset} --expect {card_path}", soft_wrap=True)
+    return 0
