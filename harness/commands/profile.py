@@ -1,0 +1,186 @@
+"""Parameter and FLOP profiles of a method, as the papers count them and as they really are.
+
+Builds the method from a preset (with a randomly initialised backbone: no weight files needed)
+and prints parameters (trainable; with the frozen backbone; the reconstruction module alone;
+thop-style) and FLOPs at the preset's image size, as MACs and 2 x MACs, with and without the
+backbone, in two conventions: "common counter" (fvcore/calflops, which miss the masked
+attention's QK^T product) and "true" (which includes it). Paper-reported sizes are shown beside
+ours. --bottlenecks 16,32 profiles that UniLEAD bottleneck set; --table4 prints all ten rows of
+UniLEAD's Table 4.
+
+Examples:
+  harness profile --method unilead --preset paper
+  harness profile --method uniad --preset paper --json
+  harness profile --method unilead --bottlenecks 16,32
+  harness profile --table4
+  harness profile --list
+"""
+
+from __future__ import annotations
+
+import json
+
+NAME = "profile"
+HELP = "parameter and FLOP counts of a method (common-counter and true conventions)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--method", help="method name (see --list)")
+    parser.add_argument("--preset", default="paper", help="named preset: paper (default) or cpu")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method config key (YAML value), e.g. --set routing=top1",
+    )
+    parser.add_argument("--bottlenecks", help="UniLEAD adapter bottleneck widths, comma-separated, e.g. 16,32 (a Table 4 row)")
+    parser.add_argument("--table4", action="store_true", help="UniLEAD's Table 4: all ten bottleneck sets, ours beside the paper's")
+    parser.add_argument("--no-backbone", action="store_true", help="skip building and counting the backbone (faster)")
+    parser.add_argument("--list", action="store_true", help="list the methods, their presets, and any that cannot be imported")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _overrides(args) -> dict:
+    from harness.config import parse_assignment
+
+    overrides = dict(parse_assignment(text) for text in args.overrides)
+    if args.bottlenecks:
+        try:
+            overrides["bottlenecks"] = [int(w) for w in args.bottlenecks.split(",") if w.strip()]
+        except ValueError:
+            raise SystemExit(f"--bottlenecks expects comma-separated integers such as 16,32; got {args.bottlenecks!r}") from None
+    return overrides
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    import methods
+    from harness import profiling
+    from harness.config import ConfigError
+
+    console = Console()
+    if args.list:
+        return _list(console, args.json)
+    if args.table4:
+        rows = profiling.table4_rows(preset=args.preset)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            console.print(_table4_view(rows))
+        return 0
+    if not args.method:
+        console.print("[red]--method is required[/red] (or use --list / --table4); e.g. harness profile --method unilead")
+        return 2
+    try:
+        overrides = _overrides(args)
+        if "bottlenecks" in overrides and args.method != "unilead":
+            raise ConfigError("--bottlenecks applies to --method unilead only")
+        profile = profiling.profile_method(args.method, args.preset, overrides, with_backbone=not args.no_backbone)
+    except (methods.MethodError, ConfigError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    if args.json:
+        print(json.dumps(profile, indent=2))
+    else:
+        for view in _profile_views(profile):
+            console.print(view)
+    return 0
+
+
+def _list(console, as_json: bool) -> int:
+    import methods
+    from rich.table import Table
+
+    rows = [{"method": n, "presets": sorted(methods.get(n).presets), "version": methods.get(n).version} for n in methods.available()]
+    broken = methods.unavailable()
+    if as_json:
+        print(json.dumps({"available": rows, "unavailable": broken}, indent=2))
+        return 0
+    view = Table(title="methods")
+    view.add_column("method")
+    view.add_column("presets")
+    view.add_column("version", justify="right")
+    view.add_column("status")
+    for row in rows:
+        view.add_row(row["method"], ", ".join(row["presets"]), str(row["version"]), "[green]available[/green]")
+    for name, reason in sorted(broken.items()):
+        view.add_row(name, "-", "-", f"[red]unavailable[/red]: {reason}")
+    console.print(view)
+    return 0
+
+
+def _m(n) -> str:
+    return "-" if n is None else f"{n / 1e6:,.3f} M"
+
+
+def _g(n) -> str:
+    return "-" if n is None else f"{n / 1e9:.3f}"
+
+
+def _profile_views(profile: dict):
+    from rich.table import Table
+
+    reported = profile.get("reported", {})
+    title = f"{profile['method']} ({profile['preset']} preset, {profile['image_size']} px, backbone {profile['backbone']})"
+    if profile["overrides"]:
+        title += f" with {profile['overrides']}"
+    params = Table(title=f"Parameters: {title}", caption="thop-style: skips attention modules and embeddings, as thop does")
+    params.add_column("count")
+    params.add_column("ours", justify="right")
+    params.add_column("exact", justify="right")
+    p = profile["params"]
+    for label, key in (
+        ("reconstruction module", "reconstruction"),
+        ("reconstruction, thop-style", "reconstruction_thop_style"),
+        ("trainable", "trainable"),
+        ("frozen backbone", "backbone"),
+        ("trainable + backbone", "with_backbone"),
+    ):
+        params.add_row(label, _m(p[key]), "-" if p[key] is None else f"{p[key]:,}")
+    if "params_m" in reported:
+        r = reported["params_m"]
+        params.add_row(f"[dim]reported ({r['source']})[/dim]", f"[dim]{r['value']:.2f} M[/dim]", "[dim]counting rule unstated[/dim]")
+    yield params
+
+    flops = Table(
+        title=f"FLOPs (G): {title}",
+        caption="common counter = fvcore/calflops (miss the masked QK^T); true includes it; GFLOPs = 2 x GMACs",
+    )
+    flops.add_column("part")
+    for column in ("common GMACs", "common GFLOPs", "true GMACs", "true GFLOPs"):
+        flops.add_column(column, justify="right")
+    for label, key in (("reconstruction module", "reconstruction"), ("backbone", "backbone"), ("with backbone", "with_backbone")):
+        part = profile["macs"].get(key)
+        if part is None:
+            continue
+        flops.add_row(label, _g(part["common"]), _g(2 * part["common"]), _g(part["true"]), _g(2 * part["true"]))
+    if "flops_g" in reported:
+        r = reported["flops_g"]
+        flops.add_row(f"[dim]reported ({r['source']})[/dim]", "", f"[dim]{r['value']:.2f}[/dim]", "", "")
+    yield flops
+
+
+def _table4_view(rows: list[dict]):
+    from rich.table import Table
+
+    view = Table(
+        title="UniLEAD Table 4 (reconstruction module, 224 px, softmax routing): ours beside the paper's",
+        caption="params in M; GFLOPs = 2 x MACs; common = fvcore/calflops convention; paper rule unstated",
+    )
+    for column in ("bottlenecks", "params true", "params thop-style", "params paper", "GFLOPs common", "GFLOPs true", "GFLOPs paper"):
+        view.add_column(column, justify="right")
+    for row in rows:
+        rep = row["reported"]
+        view.add_row(
+            "{" + ",".join(str(w) for w in row["bottlenecks"]) + "}",
+            f"{row['params_true'] / 1e6:.3f}",
+            f"{row['params_thop_style'] / 1e6:.3f}",
+            f"{rep['params_m']['value']:.2f}" if "params_m" in rep else "-",
+            f"{row['gflops_common']:.3f}",
+            f"{row['gflops_true']:.3f}",
+            f"{rep['flops_g']['value']:.2f}" if "flops_g" in rep else "-",
+        )
+    return view

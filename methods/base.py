@@ -1,0 +1,254 @@
+"""The method contract: what every anomaly-detection method gives the harness.
+
+A method is a name in the registry (``methods/__init__.py``), built from a plain config dict that
+starts from one of its named presets (``paper``: faithful to the publication; ``cpu``: the same
+graph family, small enough to train on a 2-core CPU in minutes). The harness only ever talks to
+a method through this class (spec Part A, "General"):
+
+- ``feature_spec()``: which frozen backbone features it consumes (the harness builds the
+  backbone, computes and caches the features and passes them in);
+- ``training_step(batch)`` (also ``forward(batch)``, so DDP wrappers work): a dict of losses
+  with the total under ``"loss"`` and every component beside it;
+- ``configure_optimizers()``: ``(optimizer, scheduler or None, "epoch" | "step")``;
+- ``predict(batch)``: image scores, anomaly maps at ``eval_size`` and, for routed methods, a
+  ``RoutingRecord``;
+- ``on_epoch_start(epoch)``: optional hook for schedules that live inside the model (UniLEAD's
+  Gumbel temperature anneal); the default does nothing.
+
+Batches are dicts: ``"features"`` (list of float32 tensors (B, C_l, H_l, W_l), the raw backbone
+levels in ``backbone_levels`` order), ``"label"`` (B,) long, ``"class_index"`` (B,) long.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+# Config keys every method has, read by the harness (training loop, feature cache, evaluation).
+SHARED_CONFIG_KEYS = (
+    "backbone",
+    "backbone_levels",
+    "backbone_weights",
+    "image_size",
+    "eval_size",
+    "epochs",
+    "batch_size",
+    "amp",
+    "grad_clip",
+    "seed",
+)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The frozen backbone features a method consumes: timm name, out_indices, square input size, weights."""
+
+    backbone: str
+    levels: tuple[int, ...]
+    image_size: int
+    weights: str = "auto"
+
+
+@dataclass
+class RoutingRecord:
+    """Per-sample routing statistics of one predicted batch.
+
+    gate_mean[b, l, e]: mean over sample b's tokens of expert e's gate weight in routed layer l.
+    selection_freq[b, l, e]: fraction of those tokens for which expert e was selected (dense
+    softmax routing: selected = the argmax expert; top-k routing: any of the k selected).
+    entropy[b, l]: mean over tokens of the entropy (nats) of the router's softmax.
+    """
+
+    gate_mean: Tensor
+    selection_freq: Tensor
+    entropy: Tensor
+    layer_names: list[str]
+    expert_names: list[str]
+
+    def __post_init__(self) -> None:
+        b, l, e = self.gate_mean.shape
+        if self.selection_freq.shape != (b, l, e) or self.entropy.shape != (b, l):
+            raise ValueError(
+                f"RoutingRecord shapes disagree: gate_mean {tuple(self.gate_mean.shape)}, "
+                f"selection_freq {tuple(self.selection_freq.shape)}, entropy {tuple(self.entropy.shape)}; "
+                "expected (B, L, E), (B, L, E) and (B, L)"
+            )
+        if len(self.layer_names) != l or len(self.expert_names) != e:
+            raise ValueError(
+                f"RoutingRecord names disagree with shapes: {len(self.layer_names)} layer names for L={l}, "
+                f"{len(self.expert_names)} expert names for E={e}"
+            )
+
+
+@dataclass
+class Prediction:
+    """What ``predict`` returns: image_scores (B,), anomaly_maps (B, eval_size, eval_size) float32."""
+
+    image_scores: Tensor
+    anomaly_maps: Tensor
+    routing: RoutingRecord | None = None
+
+
+class AnomalyMethod(nn.Module):
+    """Base class of every method; subclasses set ``name``, ``version`` and ``presets``.
+
+    ``__init__(config, feature_channels, feature_reductions)``: ``config`` is the resolved dict
+    (a preset with overrides merged, see ``methods.preset_config``); the channels and strides are
+    the backbone's (``backbone.channels`` / ``backbone.reductions``) for ``backbone_levels``.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, config: dict[str, Any], feature_channels: Sequence[int], feature_reductions: Sequence[int]):
+        super().__init__()
+        if len(feature_channels) != len(feature_reductions):
+            raise ValueError(
+                f"{self.name}: {len(feature_channels)} feature channel counts but {len(feature_reductions)} "
+                "reductions; pass backbone.channels and backbone.reductions for the same levels"
+            )
+        self.config = dict(config)
+        self.feature_channels = [int(c) for c in feature_channels]
+        self.feature_reductions = [int(r) for r in feature_reductions]
+
+    # --- what the harness calls -------------------------------------------------------------
+    def feature_spec(self) -> FeatureSpec | None:
+        c = self.config
+        return FeatureSpec(c["backbone"], tuple(int(i) for i in c["backbone_levels"]), int(c["image_size"]), c.get("backbone_weights", "auto"))
+
+    def training_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Same as ``training_step`` so that DistributedDataParallel(model)(batch) trains."""
+        return self.training_step(batch)
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any, str]:
+        """AdamW + StepLR per epoch from the config keys lr, weight_decay, lr_step_epochs, lr_gamma."""
+        c = self.config
+        optimizer = torch.optim.AdamW(
+            [p for p in self.parameters() if p.requires_grad],
+            lr=float(c["lr"]),
+            weight_decay=float(c["weight_decay"]),
+            betas=(0.9, 0.999),
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(c["lr_step_epochs"]), gamma=float(c["lr_gamma"]))
+        return optimizer, scheduler, "epoch"
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> Prediction:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the training loop before each epoch (0-based); default: nothing."""
+
+    def reconstruction_module(self) -> nn.Module:
+        """The module whose parameters the papers call the reconstruction (decoder) module."""
+        return self
+
+
+# --- routing statistics --------------------------------------------------------------------
+
+def routing_statistics(gates: Tensor, probs: Tensor, selected: Tensor, tokens_per_sample: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample statistics of one routed layer call.
+
+    gates (N, E): the weight each expert's output was given (zeros for unselected ones);
+    probs (N, E): the router's softmax; selected (N, E) bool; N = B * tokens_per_sample.
+    Returns gate_mean (B, E), selection_freq (B, E), entropy (B,).
+    """
+    e = gates.shape[-1]
+    gates = gates.reshape(-1, tokens_per_sample, e).float()
+    probs = probs.reshape(-1, tokens_per_sample, e).float()
+    selected = selected.reshape(-1, tokens_per_sample, e).float()
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    return gates.mean(1), selected.mean(1), entropy.mean(1)
+
+
+def stack_routing(layers: list[tuple[str, Tensor, Tensor, Tensor]], expert_names: list[str]) -> RoutingRecord:
+    """One RoutingRecord from per-layer (name, gate_mean (B,E), selection_freq (B,E), entropy (B,))."""
+    return RoutingRecord(
+        gate_mean=torch.stack([g for _, g, _, _ in layers], 1).cpu(),
+        selection_freq=torch.stack([s for _, _, s, _ in layers], 1).cpu(),
+        entropy=torch.stack([h for _, _, _, h in layers], 1).cpu(),
+        layer_names=[name for name, _, _, _ in layers],
+        expert_names=list(expert_names),
+    )
+
+
+def summarise_routing(records: Sequence[RoutingRecord], class_names: Sequence[Sequence[str]] | Sequence[str]) -> list[dict]:
+    """Per-class rows (class, layer, expert, gate_mean, selection_freq, entropy, samples).
+
+    ``class_names[i]`` lists the class of each sample of ``records[i]`` (a flat list is accepted
+    for a single record). Means are over samples, so every sample weighs the same.
+    """
+    if records and isinstance(class_names[0], str):
+        class_names = [class_names]  # type: ignore[list-item]
+    if len(records) != len(class_names):
+        raise ValueError(f"{len(records)} routing records but {len(class_names)} class-name lists; pass one list per record")
+    sums: dict[tuple[str, str, str], list[float]] = {}
+    entropy_sums: dict[tuple[str, str], list[float]] = {}
+    for record, names in zip(records, class_names):
+        if len(names) != record.gate_mean.shape[0]:
+            raise ValueError(f"routing record has {record.gate_mean.shape[0]} samples but {len(names)} class names")
+        for b, cls in enumerate(names):
+            for li, layer in enumerate(record.layer_names):
+                h = entropy_sums.setdefault((cls, layer), [0.0, 0])
+                h[0] += float(record.entropy[b, li])
+                h[1] += 1
+                for ei, expert in enumerate(record.expert_names):
+                    s = sums.setdefault((cls, layer, expert), [0.0, 0.0, 0])
+                    s[0] += float(record.gate_mean[b, li, ei])
+                    s[1] += float(record.selection_freq[b, li, ei])
+                    s[2] += 1
+    rows = []
+    for (cls, layer, expert), (gate, freq, n) in sorted(sums.items()):
+        h_sum, h_n = entropy_sums[(cls, layer)]
+        rows.append(
+            {
+                "class": cls,
+                "layer": layer,
+                "expert": expert,
+                "gate_mean": gate / n,
+                "selection_freq": freq / n,
+                "entropy": h_sum / h_n,
+                "samples": int(n),
+            }
+        )
+    return rows
+
+
+def summarise_routing_records(pairs: Sequence[tuple[RoutingRecord, Sequence[str]]]) -> list[dict]:
+    """``summarise_routing`` for a list of (record, class names of its samples) pairs."""
+    return summarise_routing([r for r, _ in pairs], [list(n) for _, n in pairs])
+
+
+def cv_squared(values: Tensor) -> Tensor:
+    """Squared coefficient of variation var/mean^2 (the MoE balance loss); 0 for a single expert."""
+    if values.numel() <= 1:
+        return values.new_zeros(())
+    values = values.float()
+    return values.var() / (values.mean() ** 2 + 1e-10)
+
+
+def topk_fraction_mean(maps: Tensor, fraction: float) -> Tensor:
+    """Mean of each map's top ceil(fraction * pixels) values; maps (B, H, W) -> (B,)."""
+    flat = maps.flatten(1)
+    k = max(1, int(math.ceil(fraction * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
+def check_features(method: AnomalyMethod, features: Sequence[Tensor]) -> None:
+    """Clear error when a batch's feature levels do not match what the method was built for."""
+    channels = [int(f.shape[1]) for f in features]
+    if channels != method.feature_channels:
+        raise ValueError(
+            f"{method.name}: batch features have channels {channels}, the model was built for "
+            f"{method.feature_channels} (config backbone={method.config.get('backbone')!r}, "
+            f"levels={method.config.get('backbone_levels')}); rebuild the method for this backbone"
+        )
+

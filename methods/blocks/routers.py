@@ -1,0 +1,87 @@
+"""Routers: UniLEAD's four routing modes (spec Part A, UniLEAD item 5) and MoEAD's top-k gate (section 5).
+
+``route_single`` turns router logits (N, K) into one-adapter-per-token or dense gates:
+- ``softmax``: every adapter, weighted by softmax(logits) (dense);
+- ``top1``: the argmax adapter, its output scaled by its softmax probability so the router
+  receives gradient;
+- ``gumbel_top1``: in training, Gumbel-softmax with temperature tau and a hard straight-through
+  one-hot (forward weight 1, gradient through the soft sample); in eval, argmax, no noise;
+- ``first``: always adapter 0 with weight 1 (no router).
+
+``TopKRouter`` is MoEAD's per-token Linear(D -> E): top-k of the raw logits, softmax over the k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROUTING_MODES = ("softmax", "gumbel_top1", "top1", "first")
+
+
+@dataclass
+class RoutingDecision:
+    """How tokens are routed: dense gates (N, K), or per-token index + weight for sparse modes.
+
+    probs (N, K) is the router's softmax (one-hot for ``first``), used for statistics and the
+    balance loss; gates (N, K) the weight each adapter's output gets (zeros where unselected).
+    """
+
+    gates: Tensor
+    probs: Tensor
+    selected: Tensor
+    index: Tensor | None = None
+    weight: Tensor | None = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.index is not None
+
+
+def route_single(
+    logits: Tensor | None, mode: str, *, tokens: int, experts: int, training: bool, temperature: float = 1.0, device=None
+) -> RoutingDecision:
+    """Routing decision for ``tokens`` tokens over ``experts`` adapters (logits None only for ``first``)."""
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown routing mode {mode!r}; choose one of {', '.join(ROUTING_MODES)}")
+    if mode == "first" or logits is None:
+        if mode != "first":
+            raise ValueError(f"routing mode {mode!r} needs router logits")
+        index = torch.zeros(tokens, dtype=torch.long, device=device)
+        onehot = F.one_hot(index, experts).float()
+        return RoutingDecision(onehot, onehot, onehot.bool(), index, torch.ones(tokens, device=device))
+    probs = logits.float().softmax(dim=-1)
+    if mode == "softmax":
+        selected = F.one_hot(probs.argmax(-1), experts).bool()
+        return RoutingDecision(probs, probs, selected)
+    if mode == "top1" or not training:
+        index = probs.argmax(-1)
+        weight = probs.gather(1, index[:, None])[:, 0] if mode == "top1" else torch.ones_like(probs[:, 0])
+    else:
+        gumbel = -torch.empty_like(probs).exponential_().log()
+        soft = ((logits.float() + gumbel) / float(temperature)).softmax(dim=-1)
+        index = soft.argmax(-1)
+        chosen = soft.gather(1, index[:, None])[:, 0]
+        weight = chosen - chosen.detach() + 1.0  # straight-through: value 1, gradient of the soft sample
+    onehot = F.one_hot(index, experts)
+    return RoutingDecision(onehot * weight[:, None], probs, onehot.bool(), index, weight)
+
+
+class TopKRouter(nn.Module):
+    """Per-token Linear(dim -> experts); top-k of the raw logits, softmax over the k selected (MoEAD)."""
+
+    def __init__(self, dim: int, experts: int, top_k: int):
+        super().__init__()
+        if not 1 <= top_k <= experts:
+            raise ValueError(f"top_k={top_k} must be between 1 and the number of experts ({experts})")
+        self.gate = nn.Linear(dim, experts)
+        self.experts, self.top_k = int(experts), int(top_k)
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """tokens (N, D) -> (index (N, k), weight (N, k), logits (N, E))."""
+        logits = self.gate(tokens)
+        values, index = logits.topk(self.top_k, dim=-1)
+        return index, values.softmax(dim=-1), logits

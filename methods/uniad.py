@@ -1,0 +1,97 @@
+"""UniAD (You et al., NeurIPS'22), reproduced as the fact sheet describes (spec section 1).
+
+Reconstruction module at 14x14 tokens, paper preset: 7,717,392 parameters (12 neighbour-masked
+attentions, 8 FFN-1024, 4 x 196 learned queries, input/output projections, position embedding,
+21 LayerNorms). Neighbour mask blocks the 7x7 window (itself included) in all three attention
+sites; jitter on the 272-d tokens before input_proj, target un-jittered; FeatureMSELoss; AdamW
+lr 1e-4 wd 1e-4, StepLR(800, 0.1) per epoch, 1000 epochs, batch 8, clip 0.1, seed 133.
+Map: L2 over channels of rec - target, bilinear (align_corners=True) to eval_size, no smoothing.
+Image score: max of the stride-1 average pooling with a 16 px window at 224 (scaled by
+eval_size/224 at other evaluation sizes).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from methods import register
+from methods.blocks.experts import FeedForward
+from methods.blocks.transformer import ReconstructionTransformer
+from methods.reconstruction import TokenReconstructionMethod
+
+_PAPER = {
+    "backbone": "efficientnet_b4",
+    "backbone_levels": [0, 1, 2, 3],
+    "backbone_weights": "auto",
+    "image_size": 224,
+    "eval_size": 224,
+    "epochs": 1000,
+    "batch_size": 8,
+    "amp": False,
+    "grad_clip": 0.1,
+    "seed": 133,
+    "hidden_dim": 256,
+    "num_heads": 8,
+    "ffn_dim": 1024,
+    "encoder_layers": 4,
+    "decoder_layers": 4,
+    "dropout": 0.1,
+    "neighbour_window": 7,
+    "neighbour_mask_sites": [True, True, True],
+    "jitter_scale": 20.0,
+    "jitter_prob": 1.0,
+    "lr": 1e-4,
+    "weight_decay": 1e-4,
+    "lr_step_epochs": 800,
+    "lr_gamma": 0.1,
+    "score_pool_at_224": 16,
+}
+
+_CPU = {
+    **_PAPER,
+    "backbone": "tf_efficientnet_lite0",
+    "backbone_levels": [1, 2, 3],
+    "image_size": 160,  # 10x10 tokens: about 2.5x cheaper than 224 (14x14) on a CPU
+    "eval_size": 112,
+    "neighbour_window": "auto",  # min(grid) // 2: 5 at 10x10
+    "epochs": 12,
+    "batch_size": 16,
+    "seed": 0,
+    "hidden_dim": 128,
+    "num_heads": 4,
+    "ffn_dim": 256,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "dropout": 0.0,
+    "lr": 1e-3,
+    "lr_step_epochs": 1000,
+}
+
+
+@register("uniad")
+class UniAD(TokenReconstructionMethod):
+    """UniAD: neighbour-masked transformer reconstruction of frozen multi-level features."""
+
+    version = 1
+    presets = {"paper": _PAPER, "cpu": _CPU}
+
+    def build_reconstruction(self, channels: int) -> nn.Module:
+        c = self.config
+        return ReconstructionTransformer(
+            in_channels=channels,
+            dim=int(c["hidden_dim"]),
+            heads=int(c["num_heads"]),
+            grid=self.grid,
+            encoder_layers=int(c["encoder_layers"]),
+            decoder_layers=int(c["decoder_layers"]),
+            feedforward_factory=self.feedforward,
+            dropout=float(c["dropout"]),
+            window=self.window,
+            mask_sites=c["neighbour_mask_sites"],
+            share_layers=bool(c.get("share_layers", False)),
+        )
+
+    def feedforward(self, site: str) -> nn.Module:
+        """The FFN slot of layer ``site``: UniAD's FFN."""
+        c = self.config
+        return FeedForward(int(c["hidden_dim"]), int(c["ffn_dim"]), float(c["dropout"]))

@@ -1,0 +1,150 @@
+"""UniLEAD (Lin & Lai): UniAD's reconstruction transformer with every FFN replaced by a Mixture of Adapters.
+
+No public code exists; spec Part A (UniLEAD items 1-8) fixes the defaults below, and every
+alternative it names is a config key. Decisions for each point the paper leaves open (spec 2.3):
+
+1. F(.) in F_out = F(F'') + A(F''): the identity (residual path): the layer computes
+   LN(F'' + A(F'')). ``keep_ffn: true`` keeps UniAD's FFN in parallel (8.72M params, 3.57 GFLOPs).
+2. GRA: inside each adapter, at the bottleneck width: h + g * act(h) with g a learnable
+   per-channel vector initialised to 0 (``gra_gate: vector``); ``gra_gate: token_sigmoid`` makes
+   g = sigmoid(Linear(d -> d)(h)) per token. Up-projections are zero-initialised, so every MoA
+   starts as the identity residual.
+3. SE: on the mixed MoA output, squeezing over one image's tokens, reduction ``se_reduction``
+   16 (4 is the alternative that reproduces thop's 1.42M; 0 disables SE).
+4. Gate G: per token, Linear(D -> K) on the FFN slot's input (``router: token``);
+   ``router: image`` routes each image from its mean token. Balance loss: CV^2 of the router's
+   importance, weight ``balance_loss_weight`` (default 0 = off).
+5. Routing modes (``routing``): ``softmax`` (dense), ``top1`` (argmax, output scaled by its
+   probability), ``gumbel_top1`` (hard straight-through Gumbel-softmax with temperature
+   ``gumbel_temperature``, annealed linearly to ``gumbel_temperature_min`` over
+   ``gumbel_anneal_epochs`` when that is > 0; noise only in training, argmax in eval),
+   ``first`` (adapter 0 only, no router). Sparse modes run only the selected adapter per token.
+6. Adapter internals: Linear(D->d), ``adapter_activation`` (ReLU as UniAD), GRA, Linear(d->D),
+   biases, no dropout inside adapters, no residual inside adapters (the layer's residual is F'').
+7. Fusion neck: UniAD's MFCN (resize to stride 16, concatenate 272 channels) then
+   input_proj Linear(272 -> 256); the paper's "fusion neck at hidden 256".
+8. Layers: 4 encoder + 4 decoder (the graph that gives 1.93 GFLOPs); ``share_layers: true``
+   builds one encoder and one decoder layer and applies each 4 times (1.24M params).
+9. Image score: on the map upsampled (align_corners=True) to eval_size and smoothed with a
+   Gaussian of sigma ``smoothing_sigma`` = 1 px and ``smoothing_kernel`` = 9 px:
+   w1*max + w2*mean + w3*mean(top ``score_topk_fraction`` = 1% of pixels), w = 1/3 each,
+   no average pooling before the max.
+10. Training: hybrid loss ``loss_mse_weight`` * MSE + ``loss_cos_weight`` * mean(1 - cosine over
+   channels per token); AdamW lr 2e-4 wd 1e-4, StepLR(800, 0.1), clip 0.1, jitter 20 / 1.0,
+   batch 128, 500 epochs (paper preset).
+11. Counting: our true parameter count of the paper preset is 4,583,856 (4+4 MoA graph
+   4,514,224 + SE 67,712 + GRA vectors 1,920), reported beside the paper's 1.42M; see
+   docs/methods/unilead.md for why they differ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods import register
+from methods.blocks.adapters import MixtureOfAdapters
+from methods.blocks.scoring import gaussian_smooth, max_mean_topk
+from methods.uniad import _CPU as _UNIAD_CPU
+from methods.uniad import _PAPER as _UNIAD_PAPER
+from methods.uniad import UniAD
+
+_PAPER = {
+    **{k: v for k, v in _UNIAD_PAPER.items() if k != "score_pool_at_224"},
+    "epochs": 500,
+    "batch_size": 128,
+    "lr": 2e-4,
+    "bottlenecks": [16, 32, 64, 128],
+    "routing": "softmax",
+    "router": "token",
+    "adapter_activation": "relu",
+    "gra_gate": "vector",
+    "se_reduction": 16,
+    "keep_ffn": False,
+    "share_layers": False,
+    "balance_loss_weight": 0.0,
+    "gumbel_temperature": 1.0,
+    "gumbel_temperature_min": 1.0,
+    "gumbel_anneal_epochs": 0,
+    "loss_mse_weight": 1.0,
+    "loss_cos_weight": 1.0,
+    "smoothing_sigma": 1.0,
+    "smoothing_kernel": 9,
+    "score_weights": [1 / 3, 1 / 3, 1 / 3],
+    "score_topk_fraction": 0.01,
+}
+_CPU = {
+    **_PAPER,
+    **{k: v for k, v in _UNIAD_CPU.items() if k != "score_pool_at_224"},
+    "bottlenecks": [16, 32, 64, 128],
+    "lr": 1e-3,
+}
+
+
+@register("unilead")
+class UniLEAD(UniAD):
+    """UniLEAD: neighbour-masked reconstruction transformer whose FFNs are Mixtures of Adapters."""
+
+    version = 1
+    presets = {"paper": _PAPER, "cpu": _CPU}
+
+    def feedforward(self, site: str) -> nn.Module:
+        """The FFN slot of layer ``site``: a Mixture of Adapters (plus UniAD's FFN with keep_ffn)."""
+        c = self.config
+        moa = MixtureOfAdapters(
+            int(c["hidden_dim"]),
+            c["bottlenecks"],
+            routing=c["routing"],
+            router=c["router"],
+            activation=c["adapter_activation"],
+            gra_gate=c["gra_gate"],
+            se_reduction=int(c["se_reduction"]) or None,
+            compute_balance_loss=float(c["balance_loss_weight"]) > 0,
+            temperature=float(c["gumbel_temperature"]),
+        )
+        if not c["keep_ffn"]:
+            return moa
+        return FeedForwardPlusAdapters(super().feedforward(site), moa)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Linear Gumbel temperature anneal from gumbel_temperature to gumbel_temperature_min."""
+        c = self.config
+        span = int(c["gumbel_anneal_epochs"])
+        start, end = float(c["gumbel_temperature"]), float(c["gumbel_temperature_min"])
+        tau = start if span <= 0 else start + (end - start) * min(1.0, epoch / span)
+        for module in self.reconstruction.modules():
+            if isinstance(module, MixtureOfAdapters):
+                module.temperature = tau
+
+    def compute_losses(self, reconstruction: Tensor, target: Tensor) -> dict[str, Tensor]:
+        c = self.config
+        mse = torch.mean((reconstruction - target) ** 2)
+        cosine = torch.mean(1 - F.cosine_similarity(reconstruction, target, dim=1))
+        loss = float(c["loss_mse_weight"]) * mse + float(c["loss_cos_weight"]) * cosine
+        losses = {"reconstruction": mse, "cosine": cosine}
+        weight = float(c["balance_loss_weight"])
+        if weight > 0:
+            balance = [b for _, _, b in self.reconstruction.routing_stats if b is not None]
+            losses["balance"] = torch.stack(balance).mean() if balance else loss.new_zeros(())
+            loss = loss + weight * losses["balance"]
+        return {"loss": loss, **losses}
+
+    def anomaly_maps(self, reconstruction: Tensor, target: Tensor) -> Tensor:
+        maps = super().anomaly_maps(reconstruction, target)
+        return gaussian_smooth(maps, float(self.config["smoothing_sigma"]), int(self.config["smoothing_kernel"]))
+
+    def image_scores(self, maps: Tensor) -> Tensor:
+        return max_mean_topk(maps, self.config["score_weights"], float(self.config["score_topk_fraction"]))
+
+
+class FeedForwardPlusAdapters(nn.Module):
+    """``keep_ffn``: F(F'') + A(F'') with F the original FFN (UniLEAD eq. 6, option (i))."""
+
+    def __init__(self, feedforward: nn.Module, adapters: MixtureOfAdapters):
+        super().__init__()
+        self.feedforward = feedforward
+        self.adapters = adapters
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.feedforward(x) + self.adapters(x)

@@ -1,0 +1,76 @@
+"""Profiles: parameter counts and FLOPs as the common counters count them and as they are."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import harness  # noqa: F401
+from harness.cli import main
+from harness.profiling import profile_method
+from test_methods_models import one_torch_thread  # noqa: F401  (autouse fixture)
+
+
+
+@pytest.fixture(scope="module")
+def uniad_paper():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield profile_method("uniad", "paper", with_backbone=False)
+    torch.set_num_threads(threads)
+
+
+def test_uniad_paper_profile_matches_the_fact_sheet(uniad_paper):
+    assert uniad_paper["params"]["reconstruction"] == 7_717_392
+    assert uniad_paper["params"]["reconstruction_thop_style"] == 4_355_088
+    macs = uniad_paper["macs"]["reconstruction"]
+    assert 2 * macs["common"] == pytest.approx(3.18e9, rel=0.03)  # calflops
+    assert macs["true"] == pytest.approx(1.71e9, rel=0.03)
+    assert macs["masked_qk"] == 12 * 196 * 196 * 256  # QK^T of the 12 masked attentions
+
+
+def test_moead_paper_profile():
+    profile = profile_method("moead", "paper", with_backbone=False)
+    assert profile["params"]["reconstruction"] == 4_935_704
+    assert profile["macs"]["reconstruction"]["true"] == pytest.approx(2.24e9, rel=0.03)
+
+
+def test_unilead_paper_profile_and_its_reported_numbers():
+    profile = profile_method("unilead", "paper", with_backbone=False)
+    assert 2 * profile["macs"]["reconstruction"]["common"] == pytest.approx(1.93e9, rel=0.03)
+    assert profile["params"]["reconstruction"] == 4_583_856  # the true count, beside the paper's 1.42M
+    assert profile["reported"]["params_m"]["value"] == pytest.approx(1.42)
+    assert profile["macs"]["reconstruction"]["true"] > profile["macs"]["reconstruction"]["common"]
+
+
+def test_thop_style_count_with_se_r4_reproduces_the_papers_1_42m():
+    profile = profile_method("unilead", "paper", {"se_reduction": 4}, with_backbone=False)
+    assert profile["params"]["reconstruction_thop_style"] == 1_416_624
+
+
+def test_profile_with_random_backbone_adds_backbone_parameters_and_macs():
+    profile = profile_method("uniad", "cpu")
+    p = profile["params"]
+    assert p["backbone"] > 0 and p["with_backbone"] == p["trainable"] + p["backbone"]
+    m = profile["macs"]
+    assert m["with_backbone"]["true"] == m["reconstruction"]["true"] + m["backbone"]["true"]
+    assert m["backbone"]["masked_qk"] == 0
+
+
+def test_cli_bottlenecks_row_prints_ours_beside_the_paper(capsys):
+    assert main(["profile", "--method", "unilead", "--bottlenecks", "16,32", "--no-backbone", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["overrides"] == {"bottlenecks": [16, 32]}
+    assert profile["reported"]["params_m"]["value"] == pytest.approx(1.16)
+    assert profile["reported"]["flops_g"]["value"] == pytest.approx(1.67)
+    assert profile["params"]["reconstruction"] < 4_583_856
+
+
+def test_cli_errors_and_list(capsys):
+    assert main(["profile", "--method", "unilead", "--set", "not_a_key=1", "--no-backbone"]) == 2
+    assert "not_a_key" in capsys.readouterr().out
+    assert main(["profile", "--list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert {"uniad", "moead", "unilead"} <= {row["method"] for row in listing["available"]}
