@@ -1,0 +1,99 @@
+"""The project's one config loader: YAML files, deep-merged overrides, dotted keys, friendly errors.
+
+Every YAML the harness reads (sweep files, reported-number files, method presets) goes through
+``load_yaml`` so a broken file always produces the same kind of message: the file, the line, and
+what to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which and why."""
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping from ``path``; an empty file is an empty mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (expected a YAML file; check the path)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level is a {type(data).__name__}; expected a mapping of keys to values"
+        )
+    return data
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A new dict: ``override`` laid over ``base``; nested mappings merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def get_dotted(config: dict, key: str, default: Any = _MISSING) -> Any:
+    """``config["a"]["b"]`` for ``key="a.b"``; ``default`` (or a ConfigError naming the key) if absent."""
+    node: Any = config
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif default is _MISSING:
+            raise ConfigError(f"config key {key!r} is not set (no {part!r} under it)")
+        else:
+            return default
+    return node
+
+
+def has_dotted(config: dict, key: str) -> bool:
+    absent = object()
+    return get_dotted(config, key, absent) is not absent
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for ``key="a.b"``, creating intermediate mappings."""
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(
+                f"config key {key!r}: {part!r} holds {child!r}, not a mapping, so it cannot have sub-keys"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"a.b=[1, 2]"`` -> ``("a.b", [1, 2])``; the value is read as YAML (so 3 is an int, null is None)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. method_config.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
+    return key, value

@@ -1,0 +1,292 @@
+"""The leaderboard as a query over the result store (issue #5, item 6; datasets-and-metrics.md 7.11).
+
+One row per configuration (every config value except the seed and the data root). A cell of the
+sweep is a (configuration, seed) pair; a row gathers its cells from the ``runs`` table and, when
+the runner recorded the sweep's trial list, from ``trials`` too, so cells that failed or never ran
+appear as such. Metrics are class means ("mean" rows, what papers report) averaged over the
+complete seeds, with their sample standard deviation; per-class values and efficiency columns
+are averaged the same way. Reported paper numbers are attached where a paper reports that cell.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.report.reported import ReportedValue, reported_for
+from harness.results.schema import STATUS_COMPLETE, STATUS_FAILED
+from harness.results.store import ResultStore
+from harness.sweep.spec import format_value
+
+METRIC_ORDER = (
+    "i_auroc", "p_auroc", "aupro", "i_ap", "p_ap", "i_f1max", "p_f1max", "aupro_05", "aupro_01",
+)
+METRIC_TITLES = {
+    "i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "aupro": "AUPRO", "i_ap": "I-AP", "p_ap": "P-AP",
+    "i_f1max": "I-F1max", "p_f1max": "P-F1max", "aupro_05": "AUPRO@5%", "aupro_01": "AUPRO@1%",
+}
+EFFICIENCY_COLUMNS = (
+    "params_trainable", "params_total", "params_reconstruction", "flops_reconstruction_g",
+    "wall_time_train_s", "train_throughput_img_s", "infer_throughput_img_s", "peak_memory_mb",
+)
+EFFICIENCY_TITLES = {
+    "params_trainable": "Params (trainable)", "params_total": "Params (total)",
+    "params_reconstruction": "Params (recon.)", "flops_reconstruction_g": "GFLOPs",
+    "wall_time_train_s": "Train s", "train_throughput_img_s": "Train img/s",
+    "infer_throughput_img_s": "Infer img/s", "peak_memory_mb": "Peak MB",
+}
+AGGREGATE_CLASSES = ("mean", "pooled")
+_NOT_CONFIGURATION = ("seed", "data_root")
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """mean and sample standard deviation over seeds (std is NaN for a single seed)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> MetricSummary:
+        finite = [v for v in values if v is not None and not math.isnan(v)]
+        if not finite:
+            return cls(math.nan, math.nan, 0)
+        std = statistics.stdev(finite) if len(finite) > 1 else math.nan
+        return cls(statistics.fmean(finite), std, len(finite))
+
+
+@dataclass(frozen=True)
+class Cell:
+    seed: int
+    status: str  # complete | failed | missing
+    run_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class LeaderboardRow:
+    configuration_key: str
+    label: str
+    method: str
+    preset: str
+    dataset: str
+    config: dict
+    method_config: dict  # effective (preset merged with overrides) where the run recorded it
+    cells: list[Cell] = field(default_factory=list)
+    metrics: dict[str, MetricSummary] = field(default_factory=dict)
+    pooled: dict[str, MetricSummary] = field(default_factory=dict)
+    per_class: dict[str, dict[str, MetricSummary]] = field(default_factory=dict)
+    efficiency: dict[str, float | None] = field(default_factory=dict)
+    reported: dict[str, ReportedValue] = field(default_factory=dict)
+    order: int = 0
+
+    @property
+    def complete_run_ids(self) -> list[str]:
+        return [c.run_id for c in self.cells if c.status == STATUS_COMPLETE]
+
+    @property
+    def status(self) -> str:
+        states = {c.status for c in self.cells}
+        if states == {STATUS_COMPLETE}:
+            return "complete"
+        if STATUS_COMPLETE in states:
+            return "partial"
+        return STATUS_FAILED if STATUS_FAILED in states else "missing"
+
+    @property
+    def seeds_text(self) -> str:
+        done = sum(c.status == STATUS_COMPLETE for c in self.cells)
+        return f"{done}/{len(self.cells)}"
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        for c in self.cells:
+            if c.status == STATUS_FAILED:
+                out.append(f"seed {c.seed} failed: {c.reason or 'no reason recorded'}")
+            elif c.status == "missing":
+                out.append(f"seed {c.seed} missing")
+        return out
+
+
+@dataclass
+class Leaderboard:
+    rows: list[LeaderboardRow]
+    sweep: str | None
+    metrics: list[str]  # metric names present, in display order
+    classes: list[str]
+    store_root: str
+    varying_keys: list[str]
+    routing: list[dict] = field(default_factory=list)
+    sort_metric: str = "i_auroc"
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+    def row(self, label: str) -> LeaderboardRow:
+        for row in self.rows:
+            if row.label == label:
+                return row
+        raise KeyError(f"no leaderboard row labelled {label!r}; rows: {[r.label for r in self.rows]}")
+
+
+def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric: str = "i_auroc") -> Leaderboard:
+    """Query the store into a Leaderboard (all sweeps when ``sweep`` is None)."""
+    trials = store.read("trials").to_pylist()
+    runs = store.read("runs").to_pylist()
+    if sweep is not None:
+        trials = [t for t in trials if t["sweep"] == sweep]
+        # A cell shared with another sweep (same run id) still belongs to this one.
+        cells = {(t["configuration_key"], t["seed"]) for t in trials}
+        runs = [r for r in runs if r["sweep"] == sweep or (r["configuration_key"], r["seed"]) in cells]
+
+    configs: dict[str, dict] = {}
+    order: dict[str, int] = {}
+    expected: dict[tuple[str, int], None] = {}
+    for trial in sorted(trials, key=lambda t: (t["sweep"], t["trial_index"] or 0)):
+        key = trial["configuration_key"]
+        configs.setdefault(key, json.loads(trial["config_json"]))
+        order.setdefault(key, len(order))
+        expected[(key, trial["seed"])] = None
+
+    latest: dict[tuple[str, int], dict] = {}
+    for run in runs:
+        key = run["configuration_key"]
+        if key is None:
+            continue
+        config = json.loads(run["config_json"]) if run["config_json"] else {}
+        configs.setdefault(key, config)
+        order.setdefault(key, len(order))
+        cell = (key, run["seed"])
+        expected[cell] = None
+        previous = latest.get(cell)
+        if previous is None or _preference(run) > _preference(previous):
+            latest[cell] = run
+
+    complete_ids = [r["run_id"] for r in latest.values() if r["status"] == STATUS_COMPLETE]
+    metric_rows = store.read("metrics", run_ids=complete_ids).to_pylist() if complete_ids else []
+    routing_rows = store.read("routing", run_ids=complete_ids).to_pylist() if complete_ids else []
+    values_by_run: dict[str, list[dict]] = {}
+    for m in metric_rows:
+        values_by_run.setdefault(m["run_id"], []).append(m)
+
+    varying = _varying_keys(list(configs.values()))
+    rows: dict[str, LeaderboardRow] = {}
+    for (key, seed) in expected:
+        config = configs[key]
+        if key not in rows:
+            rows[key] = LeaderboardRow(
+                configuration_key=key,
+                label=_label(config, varying),
+                method=config.get("method", "?"),
+                preset=config.get("preset", "?"),
+                dataset=config.get("dataset", "?"),
+                config=config,
+                method_config=dict(config.get("method_config") or {}),
+                order=order[key],
+            )
+        run = latest.get((key, seed))
+        if run is None:
+            rows[key].cells.append(Cell(seed, "missing"))
+        else:
+            rows[key].cells.append(Cell(seed, run["status"], run["run_id"], run["failure_reason"]))
+
+    runs_by_id = {r["run_id"]: r for r in latest.values()}
+    classes: set[str] = set()
+    metric_names: set[str] = set()
+    for row in rows.values():
+        row.cells.sort(key=lambda c: c.seed)
+        complete = [runs_by_id[rid] for rid in row.complete_run_ids]
+        for run in complete:
+            if run["method_config_json"]:
+                row.method_config = json.loads(run["method_config_json"])
+                break
+        _summarise_metrics(row, [values_by_run.get(r["run_id"], []) for r in complete])
+        row.efficiency = {column: _mean_of([r[column] for r in complete]) for column in EFFICIENCY_COLUMNS}
+        row.reported = reported_for(row.method, row.dataset, row.method_config)
+        classes.update(row.per_class)
+        metric_names.update(row.metrics)
+
+    ordered_metrics = [m for m in METRIC_ORDER if m in metric_names] + sorted(metric_names - set(METRIC_ORDER))
+    ranked = sorted(rows.values(), key=lambda r: _rank_key(r, sort_metric))
+    return Leaderboard(
+        rows=ranked,
+        sweep=sweep,
+        metrics=ordered_metrics,
+        classes=sorted(classes),
+        store_root=str(store.root),
+        varying_keys=varying,
+        routing=routing_rows,
+        sort_metric=sort_metric,
+    )
+
+
+def _summarise_metrics(row: LeaderboardRow, per_run: list[list[dict]]) -> None:
+    """Class-mean, pooled and per-class summaries over the complete seeds of one configuration."""
+    by_class: dict[str, dict[str, list[float]]] = {}
+    for metrics in per_run:
+        seen_mean = {m["metric"] for m in metrics if m["class_name"] == "mean"}
+        real = [m for m in metrics if m["class_name"] not in AGGREGATE_CLASSES]
+        for m in metrics:
+            by_class.setdefault(m["class_name"], {}).setdefault(m["metric"], []).append(m["value"])
+        # A run that stored only per-class values still gets its unweighted class mean.
+        for metric in {m["metric"] for m in real} - seen_mean:
+            values = [m["value"] for m in real if m["metric"] == metric and not _isnan(m["value"])]
+            if values:
+                by_class.setdefault("mean", {}).setdefault(metric, []).append(statistics.fmean(values))
+    row.metrics = {metric: MetricSummary.of(v) for metric, v in by_class.pop("mean", {}).items()}
+    row.pooled = {metric: MetricSummary.of(v) for metric, v in by_class.pop("pooled", {}).items()}
+    row.per_class = {cls: {metric: MetricSummary.of(v) for metric, v in m.items()} for cls, m in sorted(by_class.items())}
+
+
+def _preference(run: dict) -> tuple:
+    """Which run of a cell counts: a complete one over a failed one, then the latest."""
+    finished = run["finished_at"].timestamp() if run["finished_at"] is not None else 0.0
+    return (run["status"] == STATUS_COMPLETE, finished)
+
+
+def _rank_key(row: LeaderboardRow, metric: str) -> tuple:
+    summary = row.metrics.get(metric)
+    value = summary.mean if summary and summary.n else math.nan
+    return (math.isnan(value), -value if not math.isnan(value) else 0.0, row.order)
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _varying_keys(configs: list[dict]) -> list[str]:
+    """Dotted config keys whose value differs between configurations, in first-seen order."""
+    flats = [_flatten({k: v for k, v in c.items() if k not in _NOT_CONFIGURATION}) for c in configs]
+    keys: list[str] = []
+    for flat in flats:
+        keys += [k for k in flat if k not in keys]
+    sentinel = object()
+    return [k for k in keys if len({json.dumps(f.get(k, sentinel), default=repr, sort_keys=True) for f in flats}) > 1]
+
+
+def _label(config: dict, varying: list[str]) -> str:
+    flat = _flatten({k: v for k, v in config.items() if k not in _NOT_CONFIGURATION})
+    parts = [f"{key.rsplit('.', 1)[-1]}={format_value(flat.get(key, '-'))}" for key in varying]
+    return " ".join(parts) if parts else f"{config.get('method', '?')} ({config.get('preset', '?')})"
+
+
+def _mean_of(values: list) -> float | None:
+    finite = [float(v) for v in values if v is not None and not _isnan(v)]
+    return statistics.fmean(finite) if finite else None
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)

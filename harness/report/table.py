@@ -1,0 +1,125 @@
+"""The leaderboard laid out as header + string cells, shared by the terminal, Markdown and HTML views.
+
+Metrics are shown in percent with two decimals, ``mean ± std`` over seeds (std only with two or
+more seeds). A paper column appears beside a metric wherever some row has a reported value for
+it; reported cells carry a trailing ``*`` and the table's footnote says what that means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from harness.report.leaderboard import (
+    EFFICIENCY_COLUMNS,
+    EFFICIENCY_TITLES,
+    METRIC_TITLES,
+    Leaderboard,
+    LeaderboardRow,
+    MetricSummary,
+)
+
+DASH = "—"
+REPORTED_NOTE = "* reported in the paper (harness/reference/reported), not measured by this harness"
+
+
+@dataclass
+class TextTable:
+    headers: list[str]
+    rows: list[list[str]]
+    row_status: list[str]  # per row: complete | partial | failed | missing
+    footnotes: list[str]
+
+
+def metric_title(metric: str) -> str:
+    return METRIC_TITLES.get(metric, metric)
+
+
+def format_summary(summary: MetricSummary | None) -> str:
+    if summary is None or summary.n == 0 or math.isnan(summary.mean):
+        return DASH
+    text = f"{100 * summary.mean:.2f}"
+    return text if math.isnan(summary.std) else f"{text} ± {100 * summary.std:.2f}"
+
+
+def format_efficiency(column: str, value: float | None) -> str:
+    if value is None:
+        return DASH
+    if column.startswith("params"):
+        return f"{value / 1e6:.2f}M"
+    if column.endswith("_g"):
+        return f"{value:.2f}"
+    if column == "peak_memory_mb":
+        return f"{value:.0f}"
+    return f"{value:.1f}"
+
+
+def report_heading(board: Leaderboard) -> tuple[str, str]:
+    """The title and the one-line caption (source store, units, ranking) of every written report."""
+    title = f"Leaderboard: sweep {board.sweep}" if board.sweep else "Leaderboard: all runs"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    caption = (f"Generated {stamp} from the result store {board.store_root}. Metrics in percent, class means, "
+               f"mean ± std over seeds; ranked by {metric_title(board.sort_metric)}.")
+    return title, caption
+
+
+def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, efficiency: tuple[str, ...] = EFFICIENCY_COLUMNS) -> TextTable:
+    """Rank, configuration, (method/dataset when they vary), seeds, metrics (+ paper), efficiency, status."""
+    metrics = board.metrics if metrics is None else [m for m in metrics if m in board.metrics]
+    show_method = len({r.method for r in board.rows}) > 1
+    show_dataset = len({r.dataset for r in board.rows}) > 1
+    reported_metrics = {m for r in board.rows for m in r.reported if m in metrics}
+    efficiency_columns = [c for c in efficiency if any(r.efficiency.get(c) is not None for r in board.rows)]
+
+    headers = ["#", "Configuration"] + (["Method"] if show_method else []) + (["Dataset"] if show_dataset else [])
+    headers.append("Seeds")
+    for metric in metrics:
+        headers.append(metric_title(metric))
+        if metric in reported_metrics:
+            headers.append(f"{metric_title(metric)} paper*")
+    headers += [EFFICIENCY_TITLES[c] for c in efficiency_columns]
+    headers.append("Status")
+
+    rows = []
+    for rank, row in enumerate(board.rows, start=1):
+        cells = [str(rank) if row.complete_run_ids else DASH, row.label]
+        cells += [row.method] if show_method else []
+        cells += [row.dataset] if show_dataset else []
+        cells.append(row.seeds_text)
+        for metric in metrics:
+            cells.append(format_summary(row.metrics.get(metric)))
+            if metric in reported_metrics:
+                cells.append(format_reported(row, metric))
+        cells += [format_efficiency(c, row.efficiency.get(c)) for c in efficiency_columns]
+        cells.append(status_text(row))
+        rows.append(cells)
+    footnotes = [REPORTED_NOTE] if reported_metrics else []
+    footnotes += [f"{row.label}: {problem}" for row in board.rows for problem in row.problems]
+    return TextTable(headers, rows, [r.status for r in board.rows], footnotes)
+
+
+def per_class_table(board: Leaderboard, metric: str) -> TextTable:
+    """Classes down, configurations across: one metric's per-class mean ± std, then the class mean."""
+    headers = ["Class"] + [row.label for row in board.rows]
+    rows = []
+    for class_name in board.classes:
+        rows.append([class_name] + [format_summary(row.per_class.get(class_name, {}).get(metric)) for row in board.rows])
+    rows.append(["mean"] + [format_summary(row.metrics.get(metric)) for row in board.rows])
+    if any(metric in row.pooled for row in board.rows):
+        rows.append(["pooled"] + [format_summary(row.pooled.get(metric)) for row in board.rows])
+    return TextTable(headers, rows, ["complete"] * len(rows), [])
+
+
+def format_reported(row: LeaderboardRow, metric: str) -> str:
+    value = row.reported.get(metric)
+    if value is None:
+        return DASH
+    return f"{100 * value.value:.1f}* ({value.source})"
+
+
+def status_text(row: LeaderboardRow) -> str:
+    status = row.status
+    if status == "partial":
+        return f"partial ({row.seeds_text} seeds)"
+    return status

@@ -1,0 +1,36 @@
+"""The leaderboard in the terminal: a rich table, problems underneath, optional per-class tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.report.leaderboard import Leaderboard
+from harness.report.table import TextTable, leaderboard_table, metric_title, per_class_table
+
+_ROW_STYLES = {"complete": "", "partial": "yellow", "failed": "red", "missing": "dim"}
+# The terminal shows the headline metrics; Markdown, HTML and CSV carry all of them.
+TERMINAL_METRICS = ["i_auroc", "p_auroc", "aupro"]
+TERMINAL_EFFICIENCY = ("params_trainable", "flops_reconstruction_g", "wall_time_train_s", "infer_throughput_img_s")
+
+
+def _rich_table(table: TextTable, title: str | None = None) -> Table:
+    view = Table(title=title, title_justify="left", header_style="bold")
+    for i, header in enumerate(table.headers):
+        left = header in ("Class", "Status", "Configuration", "Method", "Dataset")
+        view.add_column(header, justify="left" if left else "right", no_wrap=header in ("Configuration", "Class"))
+    for cells, status in zip(table.rows, table.row_status):
+        view.add_row(*cells, style=_ROW_STYLES.get(status, ""))
+    return view
+
+
+def render_terminal(board: Leaderboard, console: Console | None = None, per_class: bool = False) -> None:
+    console = console or Console()
+    title = f"Leaderboard: sweep {board.sweep}" if board.sweep else "Leaderboard: all runs"
+    table = leaderboard_table(board, TERMINAL_METRICS, TERMINAL_EFFICIENCY)
+    console.print(_rich_table(table, f"{title}  ({board.store_root})"))
+    for note in table.footnotes:
+        console.print(f"  {note}", style="dim" if note.startswith("*") else "yellow", markup=False, highlight=False)
+    if per_class:
+        for metric in [m for m in TERMINAL_METRICS if m in board.metrics]:
+            console.print(_rich_table(per_class_table(board, metric), f"Per class: {metric_title(metric)}"))

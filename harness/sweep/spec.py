@@ -1,0 +1,563 @@
+"""Sweep files: schema, validation and expansion into trials (issue #5, item 1; docs/sweeps.md).
+
+A sweep file is a YAML mapping with ``name``, ``base`` (one trial config), ``axes`` (dotted config
+keys swept by grid, choice, uniform, loguniform or randint), ``seeds``, ``tune``, ``scaling`` and
+``results``. Validation collects every problem before anything runs; each names the file, the
+key, the value found and what was expected.
+
+Expansion is done here, in the driver, and nowhere else: grid axes form a Cartesian product,
+sampled axes are drawn ``tune.num_samples`` times per grid point from a generator seeded by
+``tune.sample_seed``, and every resulting configuration is repeated once per seed (seed
+innermost, so the seeds of a configuration share its sampled values). A dry run and a real run
+therefore see the same trials, and their run ids are stable.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import ConfigError, load_yaml, parse_assignment, set_dotted
+
+KNOWN_METHODS = ("unilead", "unimmad", "anomalymoe", "uniad", "moead", "rd4ad", "dinomaly")
+KNOWN_DATASETS = ("embedded", "mvtec_ad", "visa", "mvtec_loco", "mvtec_3d", "generic")
+PRESETS = ("paper", "cpu")
+TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "seeds", "tune", "scaling", "results")
+BASE_KEYS = ("method", "preset", "dataset", "data_root", "classes", "method_config")
+AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+SAMPLED_KINDS = ("choice", "uniform", "loguniform", "randint")
+TUNE_KEYS = ("num_samples", "max_concurrent_trials", "scheduler", "sample_seed")
+ASHA_KEYS = ("metric", "mode", "max_t", "grace_period", "reduction_factor")
+SCALING_KEYS = ("workers", "use_gpu", "resources_per_worker")
+DEFAULT_RESULTS = "./results"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class SweepIssue:
+    key: str
+    value: Any
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: got {_show(self.value)}; expected {self.expected}"
+
+
+class SweepError(ConfigError):
+    """Every problem found in one sweep file, reported together."""
+
+    def __init__(self, source: str, issues: list[SweepIssue]):
+        self.source = source
+        self.issues = list(issues)
+        count = len(self.issues)
+        lines = [f"{source}: {count} problem{'s' if count != 1 else ''} in the sweep file:"]
+        lines += [f"  - {issue}" for issue in self.issues]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept config key: ``grid``/``choice`` carry ``values``; the others ``low``/``high``."""
+
+    key: str
+    kind: str
+    values: tuple = ()
+    low: float | int | None = None
+    high: float | int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return self.kind in SAMPLED_KINDS
+
+    def draw(self, rng: random.Random) -> Any:
+        if self.kind == "choice":
+            return copy.deepcopy(self.values[rng.randrange(len(self.values))])
+        if self.kind == "uniform":
+            return rng.uniform(self.low, self.high)
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        if self.kind == "randint":  # high exclusive, as in Ray Tune
+            return rng.randrange(int(self.low), int(self.high))
+        raise ValueError(f"axis {self.key} of kind {self.kind} is not sampled")
+
+
+@dataclass(frozen=True)
+class AshaSettings:
+    metric: str
+    mode: str = "max"
+    max_t: int = 100
+    grace_period: int = 1
+    reduction_factor: float = 4.0
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    num_samples: int = 1
+    max_concurrent_trials: int | None = None
+    asha: AshaSettings | None = None
+    sample_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """workers=0 runs the training loop in-process in the Tune trial; N>0 uses Ray Train with N workers."""
+
+    workers: int = 0
+    use_gpu: str | bool = "auto"
+    resources_per_worker: dict = field(default_factory=lambda: {"CPU": 1})
+
+
+@dataclass
+class Trial:
+    index: int
+    config: dict
+    axes: dict
+    label: str
+    run_id: str | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    description: str
+    base: dict
+    axes: list[Axis]
+    seeds: list[int]
+    tune: TuneSettings
+    scaling: ScalingSettings
+    results: Path
+    source: str = "<sweep>"
+    notes: list[str] = field(default_factory=list)
+
+    def trials(self) -> list[Trial]:
+        return expand(self)
+
+
+# ---------------------------------------------------------------- loading and CLI overrides
+
+
+def load_sweep(path: str | Path, overrides: dict | None = None, assignments: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a sweep file; raises SweepError listing every problem.
+
+    ``overrides`` maps base keys (dataset, data_root, preset, classes) or ``results`` to values from
+    the command line; ``assignments`` are ``KEY=VALUE`` strings (``--set``) for any dotted key.
+    """
+    raw = load_yaml(path)
+    raw = apply_overrides(raw, overrides or {}, assignments or [])
+    return parse_sweep(raw, source=str(path))
+
+
+def apply_overrides(raw: dict, overrides: dict, assignments: list[str]) -> dict:
+    """Lay command-line values over a raw sweep mapping; an override of a swept key removes that axis."""
+    data = copy.deepcopy(raw)
+    pairs = [(key, value) for key, value in overrides.items() if value is not None]
+    pairs += [parse_assignment(text) for text in assignments]
+    for key, value in pairs:
+        top = key.split(".", 1)[0]
+        if top in TOP_LEVEL_KEYS and top != "base":
+            set_dotted(data, key, value)
+            continue
+        base_key = key[len("base."):] if key.startswith("base.") else key
+        if not isinstance(data.get("base"), dict):
+            data["base"] = {}
+        set_dotted(data["base"], base_key, value)
+        if isinstance(data.get("axes"), dict) and base_key in data["axes"]:
+            del data["axes"][base_key]
+            data.setdefault("_notes", []).append(f"{base_key} set on the command line; its axis is dropped")
+    return data
+
+
+# ---------------------------------------------------------------- validation
+
+
+def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
+    """Validate a raw sweep mapping (all problems at once) and build the SweepSpec."""
+    issues: list[SweepIssue] = []
+    notes = list(raw.get("_notes", []))
+    raw = {key: value for key, value in raw.items() if key != "_notes"}
+
+    def bad(key: str, value: Any, expected: str) -> None:
+        issues.append(SweepIssue(key, value, expected))
+
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            bad(key, raw[key], f"one of the top-level keys {', '.join(TOP_LEVEL_KEYS)}")
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        bad("name", name, "a sweep name of letters, digits, '_', '-' or '.' (it names the sweep in the store)")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        bad("description", description, "a string")
+        description = ""
+
+    base = raw.get("base")
+    if not isinstance(base, dict):
+        bad("base", base, "a mapping with at least 'method' (the config every trial starts from)")
+        base = {}
+    base = _validate_base(base, bad)
+    axes = _validate_axes(raw.get("axes", {}), bad)
+    seeds = _validate_seeds(raw.get("seeds", [0]), bad)
+    tune = _validate_tune(raw.get("tune", {}) or {}, axes, bad)
+    scaling = _validate_scaling(raw.get("scaling", {}) or {}, bad)
+    results = raw.get("results", DEFAULT_RESULTS)
+    if not isinstance(results, (str, Path)) or not str(results):
+        bad("results", results, "a directory path for the result store (default ./results)")
+        results = DEFAULT_RESULTS
+
+    spec = SweepSpec(
+        name=name if isinstance(name, str) else "",
+        description=description,
+        base=base,
+        axes=axes,
+        seeds=seeds,
+        tune=tune,
+        scaling=scaling,
+        results=Path(results).expanduser().resolve(),
+        source=source,
+        notes=notes,
+    )
+    _validate_trial_configs(spec, bad, notes)
+    if issues:
+        raise SweepError(source, issues)
+    return spec
+
+
+def _validate_base(base: dict, bad) -> dict:
+    base = copy.deepcopy(base)
+    for key in base:
+        if key not in BASE_KEYS:
+            bad(f"base.{key}", base[key], f"one of {', '.join(BASE_KEYS)} (method options go under base.method_config)")
+    if "method" not in base:
+        bad("base.method", None, f"a method name, one of {', '.join(KNOWN_METHODS)}")
+    base.setdefault("preset", "cpu")
+    base.setdefault("dataset", "embedded")
+    base.setdefault("data_root", None)
+    base.setdefault("classes", None)
+    if base.get("method_config") is None:
+        base["method_config"] = {}
+    if not isinstance(base["method_config"], dict):
+        bad("base.method_config", base["method_config"], "a mapping of method options, e.g. {epochs: 3}")
+        base["method_config"] = {}
+    return base
+
+
+def _validate_axes(axes: Any, bad) -> list[Axis]:
+    if axes is None:
+        return []
+    if not isinstance(axes, dict):
+        bad("axes", axes, "a mapping from a dotted config key to an axis such as {grid: [a, b]}")
+        return []
+    parsed = []
+    for key, spec in axes.items():
+        where = f"axes.{key}"
+        top = str(key).split(".", 1)[0]
+        if key == "seed":
+            bad(where, spec, "no seed axis here: use the top-level 'seeds' key")
+            continue
+        if top not in BASE_KEYS or (top == "method_config" and key == "method_config"):
+            bad(where, spec, f"a key of base ({', '.join(BASE_KEYS)}), dotted below method_config, e.g. method_config.routing")
+            continue
+        axis = _parse_axis(str(key), spec, bad)
+        if axis is not None:
+            parsed.append(axis)
+    return parsed
+
+
+def _parse_axis(key: str, spec: Any, bad) -> Axis | None:
+    where = f"axes.{key}"
+    if isinstance(spec, list):
+        spec = {"grid": spec}
+    if not isinstance(spec, dict) or len(spec) != 1:
+        bad(where, spec, f"a mapping with exactly one of {', '.join(AXIS_KINDS)}, e.g. {{grid: [a, b]}}")
+        return None
+    (kind, arg), = spec.items()
+    if kind not in AXIS_KINDS:
+        bad(f"{where}.{kind}", arg, f"an axis type, one of {', '.join(AXIS_KINDS)}")
+        return None
+    if kind in ("grid", "choice"):
+        if not isinstance(arg, list) or not arg:
+            bad(f"{where}.{kind}", arg, "a non-empty list of values")
+            return None
+        return Axis(key, kind, values=tuple(arg))
+    if isinstance(arg, list):
+        arg = [_number_from_text(v) for v in arg]
+    if not (isinstance(arg, list) and len(arg) == 2 and all(_is_number(v) for v in arg)):
+        bad(f"{where}.{kind}", arg, "[low, high], two numbers")
+        return None
+    low, high = arg
+    if low >= high:
+        bad(f"{where}.{kind}", arg, "low < high")
+        return None
+    if kind == "loguniform" and low <= 0:
+        bad(f"{where}.{kind}", arg, "0 < low < high (a log scale needs positive bounds)")
+        return None
+    if kind == "randint" and not all(_is_int(v) for v in arg):
+        bad(f"{where}.{kind}", arg, "[low, high] integers (high is exclusive)")
+        return None
+    return Axis(key, kind, low=low, high=high)
+
+
+def _validate_seeds(seeds: Any, bad) -> list[int]:
+    if isinstance(seeds, dict):
+        unknown = set(seeds) - {"count", "start"}
+        if unknown:
+            bad(f"seeds.{sorted(unknown)[0]}", seeds[sorted(unknown)[0]], "only 'count' and 'start' under seeds")
+        count = _checked_int("seeds.count", seeds.get("count"), 1, bad)
+        start = _checked_int("seeds.start", seeds.get("start", 0), 0, bad)
+        return list(range(start, start + count))
+    if not isinstance(seeds, list) or not seeds:
+        # a bare integer is ambiguous (one seed, or that many?): ask for the explicit form
+        bad("seeds", seeds, "a non-empty list of integers such as [0, 1, 2], or {count: 3, start: 0}")
+        return [0]
+    good = []
+    for i, seed in enumerate(seeds):
+        if not _is_int(seed) or seed < 0:
+            bad(f"seeds[{i}]", seed, "a non-negative integer")
+        else:
+            good.append(int(seed))
+    if len(set(good)) != len(good):
+        bad("seeds", seeds, "distinct seeds (a repeated seed would repeat the same run)")
+    return good or [0]
+
+
+def _checked_int(key: str, value: Any, minimum: int, bad, hint: str = "") -> int:
+    """``value`` when it is an integer >= minimum; otherwise reported, and ``minimum`` stands in."""
+    if _is_int(value) and value >= minimum:
+        return value
+    bad(key, value, f"an integer >= {minimum}{' ' + hint if hint else ''}")
+    return minimum
+
+
+def _known_keys(section: str, mapping: Any, allowed: tuple[str, ...], bad) -> bool:
+    """False (and reported) when ``mapping`` is not a mapping; each unknown key is reported."""
+    if not isinstance(mapping, dict):
+        bad(section, mapping, f"a mapping with keys {', '.join(allowed)}")
+        return False
+    for key in mapping:
+        if key not in allowed:
+            bad(f"{section}.{key}", mapping[key], f"one of {', '.join(allowed)}")
+    return True
+
+
+def _validate_tune(tune: Any, axes: list[Axis], bad) -> TuneSettings:
+    if not _known_keys("tune", tune, TUNE_KEYS, bad):
+        return TuneSettings()
+    num_samples = _checked_int("tune.num_samples", tune.get("num_samples", 1), 1, bad)
+    if num_samples > 1 and not any(axis.sampled for axis in axes):
+        bad("tune.num_samples", num_samples, "1 when no axis is sampled (repeat runs with 'seeds' instead)")
+    concurrent = tune.get("max_concurrent_trials")
+    if concurrent is not None and (not _is_int(concurrent) or concurrent < 1):
+        bad("tune.max_concurrent_trials", concurrent, "an integer >= 1, or null for as many as resources allow")
+        concurrent = None
+    sample_seed = tune.get("sample_seed", 0)
+    if not _is_int(sample_seed):
+        bad("tune.sample_seed", sample_seed, "an integer (seeds the draws of sampled axes)")
+        sample_seed = 0
+    return TuneSettings(num_samples, concurrent, _validate_scheduler(tune.get("scheduler"), bad), sample_seed)
+
+
+def _validate_scheduler(scheduler: Any, bad) -> AshaSettings | None:
+    if scheduler is None:
+        return None
+    if not isinstance(scheduler, dict) or set(scheduler) != {"asha"} or not isinstance(scheduler["asha"], dict):
+        bad("tune.scheduler", scheduler, "null, or {asha: {metric: ..., mode: max, max_t: ..., grace_period: ...}}")
+        return None
+    asha = scheduler["asha"]
+    _known_keys("tune.scheduler.asha", asha, ASHA_KEYS, bad)
+    metric = asha.get("metric")
+    if not isinstance(metric, str) or not metric:
+        bad("tune.scheduler.asha.metric", metric, "the name of a reported metric, e.g. i_auroc")
+    mode = asha.get("mode", "max")
+    if mode not in ("max", "min"):
+        bad("tune.scheduler.asha.mode", mode, "max or min")
+    max_t = _checked_int("tune.scheduler.asha.max_t", asha.get("max_t", 100), 1, bad, "(epochs)")
+    grace = _checked_int("tune.scheduler.asha.grace_period", asha.get("grace_period", 1), 1, bad, "(epochs)")
+    if grace > max_t:
+        bad("tune.scheduler.asha.grace_period", grace, f"at most max_t ({max_t})")
+    factor = asha.get("reduction_factor", 4)
+    if not _is_number(factor) or factor <= 1:
+        bad("tune.scheduler.asha.reduction_factor", factor, "a number > 1")
+    return AshaSettings(str(metric), str(mode), max_t, grace, factor)
+
+
+def _validate_scaling(scaling: Any, bad) -> ScalingSettings:
+    if not _known_keys("scaling", scaling, SCALING_KEYS, bad):
+        return ScalingSettings()
+    workers = _checked_int("scaling.workers", scaling.get("workers", 0), 0, bad,
+                           "(0 runs in-process, N uses Ray Train with N workers)")
+    use_gpu = scaling.get("use_gpu", "auto")
+    if use_gpu not in ("auto", True, False):
+        bad("scaling.use_gpu", use_gpu, "auto, true or false")
+        use_gpu = "auto"
+    resources = scaling.get("resources_per_worker", {"CPU": 1})
+    if not isinstance(resources, dict):
+        bad("scaling.resources_per_worker", resources, "a mapping such as {CPU: 1, GPU: 0.5}")
+        resources = {"CPU": 1}
+    for key, amount in resources.items():
+        if not _is_number(amount) or amount < 0:
+            bad(f"scaling.resources_per_worker.{key}", amount, "a number >= 0")
+    if "CPU" in resources and _is_number(resources["CPU"]) and resources["CPU"] <= 0:
+        bad("scaling.resources_per_worker.CPU", resources["CPU"], "a number > 0 (a Ray trial cannot request 0 CPUs)")
+    return ScalingSettings(workers, use_gpu, dict(resources))
+
+
+def _validate_trial_configs(spec: SweepSpec, bad, notes: list[str]) -> None:
+    """Checks on the values trials will really see: names, paths, method options."""
+    values_of = {axis.key: axis.values for axis in spec.axes if axis.kind in ("grid", "choice")}
+
+    def candidates(key: str) -> list:
+        return list(values_of[key]) if key in values_of else [spec.base.get(key)]
+
+    known, unavailable = known_methods()
+    for method in candidates("method"):
+        where = "base.method" if "method" not in values_of else "axes.method"
+        if method is None:
+            continue  # reported above as a missing key
+        if method in unavailable:
+            bad(where, method, f"a method that can be built here ({unavailable[method]})")
+        elif method not in known:
+            bad(where, method, f"one of {', '.join(known)}")
+    for preset in candidates("preset"):
+        if preset not in PRESETS:
+            bad("base.preset" if "preset" not in values_of else "axes.preset", preset, f"one of {', '.join(PRESETS)}")
+    data_root = spec.base.get("data_root")
+    for dataset in candidates("dataset"):
+        where = "base.dataset" if "dataset" not in values_of else "axes.dataset"
+        if dataset not in KNOWN_DATASETS:
+            bad(where, dataset, f"one of {', '.join(KNOWN_DATASETS)}")
+        elif dataset != "embedded" and data_root is None:
+            bad("base.data_root", None, f"the dataset's root folder: dataset {dataset} needs --data-root PATH")
+    if data_root is not None:
+        if not isinstance(data_root, (str, Path)):
+            bad("base.data_root", data_root, "a folder path or null")
+        elif not Path(data_root).expanduser().is_dir():
+            bad("base.data_root", data_root, "an existing folder (relative paths are read from the current directory)")
+        else:
+            spec.base["data_root"] = str(Path(data_root).expanduser().resolve())
+    classes = spec.base.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes)):
+        bad("base.classes", classes, "null (all classes) or a list of class names")
+    _validate_method_config(spec, candidates("method"), candidates("preset"), bad, notes)
+
+
+def known_methods() -> tuple[list[str], dict[str, str]]:
+    """Method names the registry knows, and those it knows but cannot build (with the reason)."""
+    try:
+        import methods
+    except Exception:  # the registry is optional here; the runner reports a broken one in full
+        return list(KNOWN_METHODS), {}
+    unavailable = methods.unavailable()
+    return sorted({*methods.available(), *unavailable}), unavailable
+
+
+def _validate_method_config(spec: SweepSpec, methods: list, presets: list, bad, notes: list[str]) -> None:
+    """Unknown method options are errors once the methods package can tell us the valid ones."""
+    keys = {f"base.method_config.{key}": key for key in spec.base["method_config"]}
+    keys.update({f"axes.{axis.key}": axis.key.split(".")[1] for axis in spec.axes if axis.key.startswith("method_config.")})
+    if not keys:
+        return
+    try:
+        from methods import preset_config
+    except Exception:
+        notes.append("method_config keys not checked: the methods package does not provide preset_config yet")
+        return
+    for method in methods:
+        for preset in presets:
+            if preset not in PRESETS:
+                continue
+            try:
+                valid = preset_config(method, preset)
+            except Exception as exc:  # a method that cannot describe itself must not hide other errors
+                notes.append(f"method_config keys of {method}/{preset} not checked: {exc}")
+                continue
+            for where, key in keys.items():
+                if key not in valid:
+                    bad(where, key, f"an option of {method}'s {preset} preset: {', '.join(sorted(valid))}")
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def expand(spec: SweepSpec) -> list[Trial]:
+    """All trials of a sweep, in a stable order: grid product x samples x seeds (seed innermost)."""
+    grid_axes = [axis for axis in spec.axes if not axis.sampled]
+    sampled_axes = [axis for axis in spec.axes if axis.sampled]
+    rng = random.Random(spec.tune.sample_seed)
+    trials: list[Trial] = []
+    for grid_point in itertools.product(*(axis.values for axis in grid_axes)):
+        for _ in range(spec.tune.num_samples if sampled_axes else 1):
+            values = {axis.key: copy.deepcopy(value) for axis, value in zip(grid_axes, grid_point)}
+            values.update({axis.key: axis.draw(rng) for axis in sampled_axes})
+            for seed in spec.seeds:
+                config = copy.deepcopy(spec.base)
+                for key, value in values.items():
+                    set_dotted(config, key, value)
+                config["seed"] = seed
+                axes = {**values, "seed": seed}
+                trials.append(Trial(len(trials), config, axes, trial_label(axes)))
+    return trials
+
+
+def trial_label(axes: dict) -> str:
+    """A short label such as ``routing=top1 seed=0``: the last part of each key, compact values."""
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={format_value(value)}" for key, value in axes.items())
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_value(item) for item in value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _number_from_text(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it as the number it plainly is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+__all__ = [
+    "Axis",
+    "AshaSettings",
+    "ScalingSettings",
+    "SweepError",
+    "SweepIssue",
+    "SweepSpec",
+    "Trial",
+    "TuneSettings",
+    "apply_overrides",
+    "expand",
+    "load_sweep",
+    "parse_sweep",
+]

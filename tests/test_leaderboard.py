@@ -1,0 +1,207 @@
+"""Leaderboards generated from a real result store: aggregation over seeds, failed and missing cells,
+reported paper numbers, and every renderer (terminal, Markdown, CSV, self-contained HTML)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from harness.cli import main
+from harness.data import load_dataset
+from harness.data.fixtures import write_fixture
+from harness.report.csv_table import render_csv
+from harness.report.html import choose_gallery_samples, render_html
+from harness.report.leaderboard import build_leaderboard
+from harness.report.markdown import render_markdown
+from harness.report.reported import load_reported
+from harness.report.terminal import render_terminal
+from harness.results import ResultStore, TrialResult
+from harness.results.predictions import read_predictions, write_predictions
+from harness.sweep.run_id import trial_run_id
+from harness.sweep.spec import load_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = ["bottle", "grid"]
+# routing mode -> per seed: i_auroc of the class mean, or "failed", or None (never ran)
+PLAN = {
+    "softmax": {0: 0.90, 1: 0.94},
+    "gumbel_top1": {0: 0.80, 1: "failed"},
+    "top1": {0: 0.70, 1: 0.70},
+    "first": {0: None, 1: None},
+}
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory):
+    """A routing sweep on a tiny MVTec AD tree: 8 cells, 5 complete, 1 failed, 2 missing."""
+    base = tmp_path_factory.mktemp("leaderboard")
+    data_root = base / "mvtec"
+    write_fixture("mvtec_ad", data_root)
+    spec = load_sweep(
+        REPO / "sweeps" / "routing.yaml",
+        overrides={"dataset": "mvtec_ad", "data_root": str(data_root), "classes": CLASSES, "results": str(base / "results")},
+        assignments=["seeds=[0, 1]"],
+    )
+    trials = spec.trials()
+    for trial in trials:
+        trial.run_id = trial_run_id(trial.config, "1", "fingerprint")
+    store = ResultStore(spec.results)
+    store.write_trials(spec.name, trials)
+    test_samples = load_dataset("mvtec_ad", data_root, classes=CLASSES, check_counts=False).split("test")
+    for trial in trials:
+        mode = trial.config["method_config"]["routing"]
+        outcome = PLAN[mode][trial.seed]
+        run = {"run_id": trial.run_id, "sweep": spec.name, "label": trial.label, "method": "unilead", "preset": "cpu",
+               "dataset": "mvtec_ad", "seed": trial.seed, "config_json": trial.config, "axes_json": trial.axes}
+        if outcome is None:
+            continue
+        if outcome == "failed":
+            store.write_failure(trial.run_id, trial.config, "CUDA out of memory", sweep=spec.name)
+            continue
+        effective = {**trial.config["method_config"], "epochs": 2}
+        metrics = []
+        for metric, offset in (("i_auroc", 0.0), ("p_auroc", 0.05)):
+            metrics += [
+                {"class_name": "bottle", "metric": metric, "value": outcome + offset + 0.02},
+                {"class_name": "grid", "metric": metric, "value": outcome + offset - 0.02},
+                {"class_name": "mean", "metric": metric, "value": outcome + offset},
+            ]
+        routing = [{"class_name": c, "layer": f"decoder.{layer}", "expert": f"adapter_d{d}", "gate_mean": 0.25,
+                    "selection_freq": 0.1 * (i + 1), "entropy": 1.0, "samples": 2}
+                   for c in CLASSES for layer in range(2) for i, d in enumerate((16, 32, 64, 128))]
+        run.update(method_config_json=effective, params_trainable=4_500_000 + trial.seed, params_total=8_000_000,
+                   flops_reconstruction_g=1.9, wall_time_train_s=10.0 + trial.seed, infer_throughput_img_s=50.0,
+                   peak_memory_mb=300.0)
+        scores = [{"sample_id": s.sample_id, "class_name": s.class_name, "defect_type": s.defect_type,
+                   "label": s.label, "score": float(i)} for i, s in enumerate(test_samples)]
+        store.write_run(TrialResult(run, metrics, scores, routing if mode == "softmax" else []), provenance=False)
+        if mode == "softmax" and trial.seed == 0:
+            maps = [{**row, "map": np.full((16, 16), row["score"], dtype=np.float16)} for row in scores]
+            write_predictions(store.predictions_path(trial.run_id), maps)
+    return store
+
+
+def test_rows_aggregate_seeds_rank_and_mark_problems(populated):
+    board = build_leaderboard(populated, sweep="routing")
+    assert [row.label for row in board.rows] == [
+        "routing=softmax", "routing=gumbel_top1", "routing=top1", "routing=first"
+    ]
+    softmax = board.row("routing=softmax")
+    assert softmax.metrics["i_auroc"].mean == pytest.approx(0.92)
+    assert softmax.metrics["i_auroc"].std == pytest.approx(statistics.stdev([0.90, 0.94]))
+    assert softmax.metrics["i_auroc"].n == 2 and softmax.status == "complete" and softmax.seeds_text == "2/2"
+    assert softmax.per_class["bottle"]["i_auroc"].mean == pytest.approx(0.94)
+    assert softmax.metrics["p_auroc"].mean == pytest.approx(0.97)
+    assert softmax.efficiency["params_trainable"] == pytest.approx(4_500_000.5)
+    assert softmax.efficiency["wall_time_train_s"] == pytest.approx(10.5)
+    assert softmax.efficiency["train_throughput_img_s"] is None
+
+    gumbel = board.row("routing=gumbel_top1")
+    assert gumbel.status == "partial" and gumbel.metrics["i_auroc"].n == 1 and math.isnan(gumbel.metrics["i_auroc"].std)
+    assert gumbel.problems == ["seed 1 failed: CUDA out of memory"]
+    first = board.row("routing=first")
+    assert first.status == "missing" and first.metrics == {} and first.problems == ["seed 0 missing", "seed 1 missing"]
+    assert board.row("routing=top1").metrics["i_auroc"].std == pytest.approx(0.0)
+    assert board.classes == CLASSES and board.metrics == ["i_auroc", "p_auroc"]
+
+    # the paper's numbers appear beside the cells it reports (UniLEAD Tables 1 and 3, MVTec AD)
+    assert softmax.reported["i_auroc"].value == pytest.approx(0.978)
+    assert gumbel.reported["p_auroc"].value == pytest.approx(0.968) and gumbel.reported["p_auroc"].source == "Table 3"
+    assert first.reported["i_auroc"].value == pytest.approx(0.965)  # shown even where our cell is missing
+    assert board.row("routing=top1").reported["i_auroc"].value == pytest.approx(0.971)
+
+
+def test_same_rows_without_a_sweep_filter(populated):
+    board = build_leaderboard(populated)
+    assert len(board.rows) == 4 and board.row("routing=first").status == "missing"
+
+
+def test_reported_files_are_well_formed():
+    values = load_reported()
+    assert len(values) >= 60
+    table4 = [v for v in values if v.source == "Table 4" and v.metric == "i_auroc"]
+    assert len(table4) == 10
+    assert {v.config[1][1] for v in table4 if v.config[1][0] == "routing"} == {"softmax"}
+
+
+def test_terminal_markdown_and_csv(populated):
+    board = build_leaderboard(populated, sweep="routing")
+    console = Console(record=True, width=250)
+    render_terminal(board, console, per_class=True)
+    text = console.export_text()
+    assert "routing=softmax" in text and "92.00 ± 2.83" in text and "97.8* (Table 1)" in text
+    assert "partial (1/2 seeds)" in text and "missing" in text
+    assert "routing=gumbel_top1: seed 1 failed: CUDA out of memory" in text
+    assert "Per class: I-AUROC" in text and "bottle" in text
+
+    markdown = render_markdown(board)
+    assert "| # | Configuration | Seeds | I-AUROC | I-AUROC paper* |" in markdown
+    assert "| 1 | routing=softmax | 2/2 | 92.00 ± 2.83 | 97.8* (Table 1) |" in markdown
+    assert "## Per class: P-AUROC" in markdown
+
+    rows = list(csv.DictReader(io.StringIO(render_csv(board))))
+    mean = next(r for r in rows if r["configuration"] == "routing=softmax" and r["class_name"] == "mean")
+    assert float(mean["i_auroc_mean"]) == pytest.approx(0.92) and mean["i_auroc_n"] == "2"
+    assert float(mean["i_auroc_reported"]) == pytest.approx(0.978)
+    assert {r["class_name"] for r in rows if r["configuration"] == "routing=softmax"} == {"mean", "bottle", "grid"}
+    missing = next(r for r in rows if r["configuration"] == "routing=first")
+    assert missing["status"] == "missing" and missing["i_auroc_mean"] == ""
+
+
+def test_html_is_self_contained_with_plots_and_gallery(populated):
+    board = build_leaderboard(populated, sweep="routing")
+    page = render_html(board, populated)
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    # metric plots (I- and P-AUROC), parameters vs AUROC, expert usage heatmap, gallery
+    assert page.count("src='data:image/png;base64,") == 5
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "Anomaly maps: routing=softmax" in page and "could not be read" not in page
+    assert "<tr class='missing'>" in page and "<tr class='partial'>" in page
+
+
+def test_gallery_picks_extremes(populated):
+    board = build_leaderboard(populated, sweep="routing")
+    predictions = list(read_predictions(populated.predictions_path(board.rows[0].complete_run_ids[0])))
+    chosen = dict(choose_gallery_samples(predictions))
+    anomalous = [p for p in predictions if p.label == 1]
+    normal = [p for p in predictions if p.label == 0]
+    assert chosen["best anomalous"].score == max(p.score for p in anomalous)
+    assert chosen["worst anomalous"].score == min(p.score for p in anomalous)
+    assert chosen["worst normal"].score == max(p.score for p in normal)
+    assert chosen["best normal"].score == min(p.score for p in normal)
+
+
+def test_leaderboard_command(populated, tmp_path, capsys):
+    assert main(["leaderboard", str(populated.root), "--sweep", "routing"]) == 0
+    out = capsys.readouterr().out
+    assert "routing=softmax" in out and "routing=first" in out
+    assert main(["leaderboard", str(populated.root), "--sweep", "routing", "--format", "html",
+                 "--output", str(tmp_path / "report.html")]) == 0
+    assert f"HTML report: {tmp_path / 'report.html'}" in capsys.readouterr().out.replace("\n", "")
+    assert (tmp_path / "report.html").read_text().count("<img") == 5
+    assert main(["leaderboard", str(populated.root), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("rank,configuration,")
+    assert main(["leaderboard", str(populated.root), "--sweep", "nope"]) == 1
+    assert "sweeps in this store: routing" in capsys.readouterr().err
+    assert main(["leaderboard", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert "No results in" in err and "harness sweep sweeps/routing.yaml" in err
+
+
+def test_end_of_sweep_summary_prints_rows_and_writes_default_report(populated):
+    from harness.report.final import show_leaderboard_and_write_html
+
+    console = Console(record=True, width=250)
+    path = show_leaderboard_and_write_html(populated, "routing", console)
+    assert path == populated.root / "reports" / "leaderboard-routing.html" and path.is_file()
+    text = console.export_text()
+    assert sum(f"routing={mode} " in text for mode in PLAN) == 4
+    assert f"HTML report: {path}" in text
+    assert show_leaderboard_and_write_html(populated, "other", console) is None
