@@ -1,0 +1,47 @@
+"""Progress bars for one training run: feature extraction, epochs, evaluation."""
+
+from __future__ import annotations
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainingProgress:
+    def __init__(self, console):
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def _task(self, name: str, description: str, total) -> int:
+        if name not in self._tasks:
+            self._tasks[name] = self._progress.add_task(description, total=total, info="")
+        return self._tasks[name]
+
+    def update(self, stage: str, info: dict) -> None:
+        if stage == "features":
+            task = self._task(f"features-{info['split']}", f"backbone features ({info['split']})", info.get("total"))
+            if "completed" in info:
+                self._progress.update(task, completed=info["completed"], info=info.get("info", ""))
+            else:
+                self._progress.advance(task, info.get("advance", 0))
+        elif stage == "epoch":
+            task = self._task("epochs", "training epochs", info["epochs"])
+            losses = " ".join(f"{k[6:]}={v:.4f}" for k, v in info.items() if k.startswith("train_"))
+            self._progress.update(task, completed=info["epoch"], info=losses)
+        elif stage == "eval":
+            task = self._task("eval", "evaluation", info.get("total"))
+            self._progress.advance(task, info.get("advance", 0))
