@@ -1,0 +1,176 @@
+"""Run an expanded sweep on a Ray cluster (a local one by default) with a live view of the trials."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+RAY_QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # each report otherwise blocks for 2 s
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+TRIAL_TOKEN_CPU = 0.1
+
+
+def check_fits(per_trial_cpus: float, scaling) -> None:
+    """Fail before starting, not hang in the scheduler, when one trial can never be placed."""
+    import ray
+
+    total = ray.cluster_resources()
+    if per_trial_cpus > total.get("CPU", 0):
+        raise SystemExit(
+            f"one trial needs {per_trial_cpus:g} CPUs (scaling: workers={scaling.workers}, "
+            f"resources_per_worker={scaling.resources_per_worker}) but the cluster has {total.get('CPU', 0):g}; "
+            "lower scaling.workers or resources_per_worker, or add nodes"
+        )
+
+
+def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a private local one."""
+    import logging
+
+    import ray
+
+    for key, value in RAY_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+
+
+def cell_resources(scaling: dict, threads: int) -> dict:
+    """What the Tune trial itself reserves: the whole loop for workers: 0, a token CPU otherwise."""
+    if int(scaling["workers"]) == 0:
+        resources = {"cpu": threads}
+        if scaling["use_gpu"]:
+            resources["gpu"] = 1
+        return resources
+    return {"cpu": TRIAL_TOKEN_CPU}  # the Train workers reserve their own resources; a trial cannot ask for 0
+
+
+def run_cells(cells: list[dict], *, name: str, storage_path: Path, max_concurrent: int, scheduler=None, view=None):
+    """Run the cells as one Tune experiment; the trials write the store themselves."""
+    from ray import tune
+
+    from harness.sweep.ray_trial import sweep_cell
+
+    threads = cells[0]["threads"] if cells else 1
+    trainable = tune.with_resources(sweep_cell, cell_resources(cells[0]["scaling"], threads))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search(cells)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, scheduler=scheduler, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=f"{name}-{int(time.time())}",
+            storage_path=str(storage_path),
+            callbacks=[view] if view is not None else [],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+    return tuner.fit()
+
+
+def _resolve_use_gpu(use_gpu) -> bool:
+    import ray
+
+    if use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return bool(use_gpu)
+
+
+def run_sweep(spec, args) -> int:
+    """Run every cell of the sweep that the result store does not already hold as complete."""
+    from harness.results.store import ResultStore
+    from harness.sweep.live_view import SweepLiveView
+    from harness.sweep.run_id import resolve_run_ids
+
+    console = Console()
+    results = Path(getattr(args, "results", None) or spec.results).expanduser().resolve()
+    store = ResultStore(results)
+    trials = spec.trials()
+    with console.status("indexing the dataset to fix the run ids"):
+        resolve_run_ids(trials)
+    store.write_trials(spec.name, trials)
+    done = store.completed_run_ids()
+    pending = [t for t in trials if t.run_id not in done]
+    console.print(
+        f"sweep [bold]{spec.name}[/bold]: {len(trials)} cells, {len(trials) - len(pending)} already complete in "
+        f"{results}, {len(pending)} to run"
+    )
+    if pending:
+        scaling = spec.scaling
+        threads = int(float((scaling.resources_per_worker or {}).get("CPU", 1)))
+        concurrent = spec.tune.max_concurrent_trials or 1
+        per_trial = threads if scaling.workers == 0 else scaling.workers * threads + TRIAL_TOKEN_CPU
+        # A local cluster gets enough logical CPUs for the trials to be scheduled at all.
+        connect(getattr(args, "address", None), num_cpus=max(os.cpu_count() or 1, math.ceil(concurrent * per_trial)))
+        check_fits(per_trial, scaling)
+        cells = [
+            {
+                "run_id": t.run_id,
+                "label": t.label,
+                "axes": t.axes,
+                "config": t.config,
+                "sweep": spec.name,
+                "results": str(results),
+                "storage_path": str(results / "ray"),
+                "threads": threads,
+                "scaling": {
+                    "workers": scaling.workers,
+                    "use_gpu": _resolve_use_gpu(scaling.use_gpu),
+                    "resources_per_worker": dict(scaling.resources_per_worker or {}),
+                },
+                "worker_env": {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "RAY_TRAIN_"))},
+            }
+            for t in pending
+        ]
+        view = SweepLiveView({t.run_id: t.label for t in pending}, console)
+        try:
+            run_cells(
+                cells,
+                name=spec.name,
+                storage_path=results / "ray",
+                max_concurrent=spec.tune.max_concurrent_trials or 1,
+                scheduler=_scheduler(spec.tune.asha),
+                view=view,
+            )
+        finally:
+            view.close()
+    from harness.report.final import show_leaderboard_and_write_html
+
+    show_leaderboard_and_write_html(store, spec.name, console)
+    failed = store.failed_run_ids() & {t.run_id for t in trials}
+    if failed:
+        console.print(f"[yellow]{len(failed)} cell(s) failed[/yellow]; their reasons are in the leaderboard and in {results / 'runs'}")
+    return 0
+
+
+def _scheduler(asha):
+    if asha is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=asha.metric,
+        mode=asha.mode,
+        max_t=asha.max_t,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
