@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 
+from harness.commands._options import add_method_set_option, method_overrides
+
 NAME = "profile"
 HELP = "parameter and FLOP counts of a method (common-counter and true conventions)"
 
@@ -27,14 +29,7 @@ HELP = "parameter and FLOP counts of a method (common-counter and true conventio
 def add_arguments(parser) -> None:
     parser.add_argument("--method", help="method name (see --list)")
     parser.add_argument("--preset", default="paper", help="named preset: paper (default) or cpu")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a method config key (YAML value), e.g. --set routing=top1",
-    )
+    add_method_set_option(parser)
     parser.add_argument("--bottlenecks", help="UniLEAD adapter bottleneck widths, comma-separated, e.g. 16,32 (a Table 4 row)")
     parser.add_argument("--table4", action="store_true", help="UniLEAD's Table 4: all ten bottleneck sets, ours beside the paper's")
     parser.add_argument("--no-backbone", action="store_true", help="skip building and counting the backbone (faster)")
@@ -43,9 +38,7 @@ def add_arguments(parser) -> None:
 
 
 def _overrides(args) -> dict:
-    from harness.config import parse_assignment
-
-    overrides = dict(parse_assignment(text) for text in args.overrides)
+    overrides = method_overrides(args.overrides)
     if args.bottlenecks:
         try:
             overrides["bottlenecks"] = [int(w) for w in args.bottlenecks.split(",") if w.strip()]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from harness.commands._options import add_method_set_option
+
 NAME = "sweep"
 HELP = "run (or --dry-run) a sweep file on Ray Tune; results go to the result store"
 
@@ -35,14 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default=None, help="override base.preset: paper or cpu")
     parser.add_argument("--classes", default=None, help="override base.classes: comma-separated class subset")
     parser.add_argument("--results", default=None, help="result store directory (default: the file's 'results', else ./results)")
-    parser.add_argument(
-        "--set",
-        dest="method_sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a method option (base.method_config.KEY; YAML value), e.g. --set epochs=2",
-    )
+    add_method_set_option(parser, dest="method_sets", example="epochs=2 (sets base.method_config.KEY)")
     parser.add_argument(
         "--override",
         dest="overrides",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
+from harness.commands._options import add_method_set_option, method_overrides
+
 NAME = "train"
 HELP = "train and evaluate one method in this process"
 
@@ -23,38 +25,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-root", default=None, help="dataset root folder (not needed for the embedded dataset)")
     parser.add_argument("--classes", default=None, help="comma-separated subset of classes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a method config key (YAML value), e.g. --set routing=top1 --set bottlenecks=[16,32]",
-    )
+    add_method_set_option(parser, example="routing=top1 --set bottlenecks=[16,32]")
     parser.add_argument("--no-feature-cache", action="store_true", help="recompute backbone features instead of using the cache")
     parser.add_argument("--output", default=None, help="folder for the checkpoint, predictions and outcome.json")
     parser.add_argument("--json", action="store_true", help="print the metric table as JSON instead of a table")
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def run(args) -> int:
     from rich.console import Console
 
-    from harness.training.progress import TrainingProgress
+    from harness.config import ConfigError
     from harness.training.loop import TrainingDiverged, run_training
+    from harness.training.progress import TrainingProgress
 
     console = Console(stderr=True)
+    try:
+        overrides = method_overrides(args.overrides)
+    except ConfigError as error:
+        console.print(f"[red]{error}[/red]")
+        return 2
     config = {
         "method": args.method,
         "preset": args.preset,
@@ -62,7 +51,7 @@ def run(args) -> int:
         "data_root": args.data_root,
         "classes": args.classes.split(",") if args.classes else None,
         "seed": args.seed,
-        "method_config": parse_overrides(args.overrides),
+        "method_config": overrides,
     }
     try:
         with TrainingProgress(console) as progress:
