@@ -59,3 +59,17 @@ def test_outcome_holds_every_test_sample_once_with_float16_maps(fixture_root, tm
 def test_non_finite_loss_stops_with_a_reason(fixture_root, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite loss .* epoch 1, step 1"):
         run_training(_config(fixture_root, jitter_scale=1e30), output_dir=tmp_path / "nan")
+
+
+def test_mvtec_loco_run_reports_spro_per_anomaly_kind(tmp_path):
+    info = write_fixture("mvtec_loco", tmp_path / "loco", size=64)
+    info.write_card(tmp_path / "card.yaml")
+    config = {"method": "uniad", "preset": "cpu", "dataset": "mvtec_loco", "data_root": str(info.root),
+              "expect": str(tmp_path / "card.yaml"), "method_config": {**SMALL, "epochs": 1}}
+    outcome = run_training(config, output_dir=tmp_path / "run")
+    metrics = {(r["class_name"], r["metric"]): r["value"] for r in outcome.metrics}
+    for kind in ("structural", "logical"):
+        assert 0.0 <= metrics[("mean", f"auc_spro_05_{kind}")] <= 1.0
+        assert 0.0 <= metrics[("mean", f"i_auroc_{kind}")] <= 1.0
+    assert ("breakfast_box", "auc_spro_05") in metrics
+    assert not any(r["sample_id"].startswith(("breakfast_box/validation", "pushpins/validation")) for r in outcome.sample_scores)

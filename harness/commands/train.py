@@ -24,6 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", default="embedded", help="dataset name (see `harness datasets`); default: embedded")
     parser.add_argument("--data-root", default=None, help="dataset root folder (not needed for the embedded dataset)")
     parser.add_argument("--classes", default=None, help="comma-separated subset of classes")
+    parser.add_argument("--expect", default=None, metavar="CARD.yaml", help="a card whose classes and counts replace the bundled card's (partial copies, fixtures)")
     parser.add_argument("--seed", type=int, default=0)
     add_method_set_option(parser, example="routing=top1 --set bottlenecks=[16,32]")
     parser.add_argument("--no-feature-cache", action="store_true", help="recompute backbone features instead of using the cache")
@@ -50,6 +51,7 @@ def run(args) -> int:
         "dataset": args.dataset,
         "data_root": args.data_root,
         "classes": args.classes.split(",") if args.classes else None,
+        "expect": args.expect,
         "seed": args.seed,
         "method_config": overrides,
     }

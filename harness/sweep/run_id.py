@@ -85,11 +85,11 @@ def method_version(method: str) -> str:
     return str(methods.get(method).version)
 
 
-def dataset_fingerprint(dataset: str, data_root: str | None, classes: list[str] | None = None) -> str:
+def dataset_fingerprint(dataset: str, data_root: str | None, classes: list[str] | None = None, expect: str | None = None) -> str:
     """The data layer's fingerprint of exactly the files a trial reads (as the training loop computes it)."""
     from harness.data import load_dataset
 
-    return load_dataset(dataset, data_root, classes=classes).fingerprint()
+    return load_dataset(dataset, data_root, classes=classes, expected=expect).fingerprint()
 
 
 def resolve_run_ids(trials: list) -> None:
@@ -106,7 +106,9 @@ def resolve_run_ids(trials: list) -> None:
         method = config["method"]
         if method not in versions:
             versions[method] = method_version(method)
-        data_key = canonical_json([config["dataset"], config.get("data_root"), config.get("classes")])
+        data_key = canonical_json([config["dataset"], config.get("data_root"), config.get("classes"), config.get("expect")])
         if data_key not in fingerprints:
-            fingerprints[data_key] = dataset_fingerprint(config["dataset"], config.get("data_root"), config.get("classes"))
+            fingerprints[data_key] = dataset_fingerprint(
+                config["dataset"], config.get("data_root"), config.get("classes"), config.get("expect")
+            )
         trial.run_id = trial_run_id(config, versions[method], fingerprints[data_key])

@@ -29,7 +29,7 @@ from harness.metrics import METRIC_VERSION, MetricAccumulator
 from harness.results.predictions import write_predictions
 from harness.training.context import WorkerContext
 from harness.training.feature_cache import FeatureCache, FeatureKey, cached_features
-from harness.training.inputs import mask_array
+from harness.training.inputs import ground_truth
 from harness.training.trial_config import TrialConfig
 
 
@@ -125,7 +125,7 @@ def run_training(
     started = time.time()
 
     generator = seed_everything(trial.seed)
-    index = load_dataset(trial.dataset, trial.data_root, classes=trial.classes)
+    index = load_dataset(trial.dataset, trial.data_root, classes=trial.classes, expected=trial.expect)
     method_config = methods.preset_config(trial.method, trial.preset, trial.method_config)
     backbone = create_backbone(
         method_config["backbone"], method_config["backbone_levels"], weights=method_config.get("backbone_weights", "auto")
@@ -238,6 +238,7 @@ def run_training(
     shard = list(range(context.rank, len(test_samples), context.world_size))
     accumulator = MetricAccumulator()
     eval_size = int(method_config["eval_size"])
+    defects_config = getattr(index, "defects_config", None) or None
     sample_rows: list[dict] = []
     routing_records = []
     prediction_rows: list[dict] = []
@@ -253,14 +254,14 @@ def run_training(
             prediction = method.predict(batch)
         maps = prediction.anomaly_maps.float().cpu().numpy().astype(np.float16)
         scores = prediction.image_scores.float().cpu().numpy()
-        masks = np.stack([mask_array(s, eval_size) for s in samples])
         accumulator.update(
             image_scores=scores,
             image_labels=np.array([s.label for s in samples]),
             anomaly_maps=maps,
-            masks=masks,
             class_names=[s.class_name for s in samples],
             sample_ids=[s.sample_id for s in samples],
+            defect_types=[s.defect_type for s in samples],
+            **ground_truth(samples, eval_size, defects_config),
         )
         for sample, score, anomaly_map in zip(samples, scores, maps):
             sample_rows.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-TRIAL_KEYS = ("method", "preset", "dataset", "data_root", "classes", "seed", "method_config")
+TRIAL_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "seed", "method_config")
 
 
 class TrialConfigError(ValueError):
@@ -19,6 +19,7 @@ class TrialConfig:
     dataset: str = "embedded"
     data_root: str | None = None
     classes: tuple[str, ...] | None = None
+    expect: str | None = None  # a card YAML whose classes and counts replace the bundled card's
     seed: int = 0
     method_config: dict = field(default_factory=dict)
 
@@ -41,6 +42,7 @@ class TrialConfig:
             # Ray workers change directory: paths are made absolute where the config is read.
             data_root=str(Path(root).expanduser().resolve()) if root else None,
             classes=tuple(classes) if classes else None,
+            expect=str(Path(config["expect"]).expanduser().resolve()) if config.get("expect") else None,
             seed=seed,
             method_config=dict(config.get("method_config") or {}),
         )
