@@ -200,7 +200,7 @@ def run_training(
                 "label": torch.zeros(len(rows), dtype=torch.long, device=context.device),
                 "class_index": train_labels[rows].to(context.device),
             }
-            with torch.autocast(context.device.type, enabled=use_amp):
+            with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=use_amp):  # bf16: no loss scaler needed
                 losses = model(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
