@@ -53,8 +53,10 @@ _CPU = {
     "backbone_levels": [1, 2, 3],
     "image_size": 160,  # 10x10 tokens: about 2.5x cheaper than 224 (14x14) on a CPU
     "eval_size": 112,
-    "neighbour_window": "auto",  # min(grid) // 2: 5 at 10x10
-    "epochs": 12,
+    # Tuned on the seed-1 copy of the embedded dataset (reported numbers use seed 0); see README.
+    # A 3x3 block instead of "auto" (5x5 of a 10x10 grid) leaves more context to reconstruct from.
+    "neighbour_window": 3,
+    "epochs": 20,  # about 2 CPU-minutes of training on one core; 12 epochs left the model underfit
     "batch_size": 16,
     "seed": 0,
     "hidden_dim": 128,
@@ -63,7 +65,10 @@ _CPU = {
     "encoder_layers": 2,
     "decoder_layers": 2,
     "dropout": 0.0,
-    "lr": 1e-3,
+    # 20 (the paper's) is noise of about 1.7x a feature's own std at 176 channels: with only 20
+    # epochs it drowns the signal; 2 kept the mean I-AUROC highest on the tuning copy (0.84 at 5, 0.86 at 2, 0.855 at 1).
+    "jitter_scale": 2.0,
+    "lr": 2e-3,
     "lr_step_epochs": 1000,
 }
 

@@ -78,7 +78,7 @@ _CPU = {
     **_PAPER,
     **{k: v for k, v in _UNIAD_CPU.items() if k != "score_pool_at_224"},
     "bottlenecks": [16, 32, 64, 128],
-    "lr": 1e-3,
+    "lr": _UNIAD_CPU["lr"],
 }
 
 
