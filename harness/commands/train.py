@@ -27,9 +27,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--expect", default=None, metavar="CARD.yaml", help="a card whose classes and counts replace the bundled card's (partial copies, fixtures)")
     parser.add_argument("--seed", type=int, default=0)
     add_method_set_option(parser, example="routing=top1 --set bottlenecks=[16,32]")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: 1 on machines with 2 cores or fewer, where a second thread "
+        "competing with anything else slows training many times over; else up to 8)",
+    )
     parser.add_argument("--no-feature-cache", action="store_true", help="recompute backbone features instead of using the cache")
     parser.add_argument("--output", default=None, help="folder for the checkpoint, predictions and outcome.json")
     parser.add_argument("--json", action="store_true", help="print the metric table as JSON instead of a table")
+
+
+def torch_threads(requested: int | None) -> int:
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    threads = requested or (1 if cores <= 2 else min(8, cores))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def run(args) -> int:
@@ -40,6 +58,7 @@ def run(args) -> int:
     from harness.training.progress import TrainingProgress
 
     console = Console(stderr=True)
+    torch_threads(args.threads)
     try:
         overrides = method_overrides(args.overrides)
     except ConfigError as error:
