@@ -10,6 +10,7 @@ Examples:
   harness sweep sweeps/routing.yaml
   harness sweep sweeps/bottlenecks.yaml --dataset mvtec_ad --data-root /data/mvtec_ad --preset paper
   harness sweep sweeps/routing.yaml --set epochs=2 --override "seeds=[0,1,2]" --results /shared/results
+  harness sweep sweeps/routing.yaml --address auto --results /nfs/results   # on a `ray start` cluster
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-root", default=None, help="override base.data_root: the dataset's root folder")
     parser.add_argument("--preset", default=None, help="override base.preset: paper or cpu")
     parser.add_argument("--classes", default=None, help="override base.classes: comma-separated class subset")
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="join an existing Ray cluster: 'auto' (the one `ray start` runs on this machine) or the head's "
+        "HOST:PORT; default: $RAY_ADDRESS, else a private local cluster (docs/clusters.md)",
+    )
     parser.add_argument("--results", default=None, help="result store directory (default: the file's 'results', else ./results)")
     add_method_set_option(parser, dest="method_sets", example="epochs=2 (sets base.method_config.KEY)")
     parser.add_argument(

@@ -49,6 +49,20 @@ def record_outcome(store, cell: dict, outcome) -> str:
     return store.write_run(TrialResult(run, outcome.metrics, outcome.sample_scores, outcome.routing))
 
 
+def remove_stale_temporaries(store, run_id: str) -> list:
+    """Delete the hidden temporary files an earlier, killed attempt of this run left half-written.
+
+    Only this cell's trial writes files named after its run id, so this is safe while other
+    trials of the sweep are writing (unlike ResultStore.remove_orphans).
+    """
+    removed = []
+    for folder in store.root.iterdir() if store.root.is_dir() else ():
+        for path in folder.glob(f".{run_id}.parquet.*.tmp") if folder.is_dir() else ():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def record_failure(store, cell: dict, reason: str, details: str = "") -> str:
     config = cell["config"]
     tail = details.strip().splitlines()[-12:] if details else []

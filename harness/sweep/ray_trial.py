@@ -68,14 +68,18 @@ def sweep_cell(params: dict) -> None:
     import ray.tune
 
     from harness.results.store import ResultStore
-    from harness.sweep.outcome import record_failure, record_outcome
+    from harness.sweep.outcome import record_failure, record_outcome, remove_stale_temporaries
     from harness.training.loop import TrainingOutcome, run_training
 
     cell = params["cell"]
+    # The trial process inherits its node's environment, not the driver's: bring the driver's cache
+    # locations (HARNESS_CACHE, HARNESS_FEATURE_CACHE) here too, as Train workers get them.
+    os.environ.update(cell.get("worker_env", {}))
     store = ResultStore(cell["results"])
     if cell["run_id"] in store.completed_run_ids():
         ray.tune.report({"status": "skipped"})
         return
+    remove_stale_temporaries(store, cell["run_id"])
     threads = max(1, int(cell.get("threads", 1)))
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -21,17 +21,27 @@ RAY_QUIET_ENV = {
 TRIAL_TOKEN_CPU = 0.1
 
 
-def check_fits(per_trial_cpus: float, scaling) -> None:
+def check_fits(per_trial_cpus: float, scaling, per_trial_gpus: float = 0.0) -> None:
     """Fail before starting, not hang in the scheduler, when one trial can never be placed."""
     import ray
 
     total = ray.cluster_resources()
-    if per_trial_cpus > total.get("CPU", 0):
-        raise SystemExit(
-            f"one trial needs {per_trial_cpus:g} CPUs (scaling: workers={scaling.workers}, "
-            f"resources_per_worker={scaling.resources_per_worker}) but the cluster has {total.get('CPU', 0):g}; "
-            "lower scaling.workers or resources_per_worker, or add nodes"
-        )
+    for resource, needed in (("CPU", per_trial_cpus), ("GPU", per_trial_gpus)):
+        if needed > total.get(resource, 0):
+            raise SystemExit(
+                f"one trial needs {needed:g} {resource}(s) (scaling: workers={scaling.workers}, use_gpu={scaling.use_gpu}, "
+                f"resources_per_worker={scaling.resources_per_worker}) but the cluster has {total.get(resource, 0):g}; "
+                "lower scaling.workers or resources_per_worker, or add nodes"
+            )
+
+
+def trial_gpus(scaling, use_gpu: bool) -> float:
+    """GPUs one trial reserves: one for an in-process trial, else each Train worker's (Ray Train's default is 1)."""
+    if not use_gpu:
+        return 0.0
+    if scaling.workers == 0:
+        return 1.0
+    return scaling.workers * float((scaling.resources_per_worker or {}).get("GPU", 1))
 
 
 def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -120,7 +130,8 @@ def run_sweep(spec, args) -> int:
         per_trial = threads if scaling.workers == 0 else scaling.workers * threads + TRIAL_TOKEN_CPU
         # A local cluster gets enough logical CPUs for the trials to be scheduled at all.
         connect(getattr(args, "address", None), num_cpus=max(os.cpu_count() or 1, math.ceil(concurrent * per_trial)))
-        check_fits(per_trial, scaling)
+        use_gpu = _resolve_use_gpu(scaling.use_gpu)
+        check_fits(per_trial, scaling, trial_gpus(scaling, use_gpu))
         cells = [
             {
                 "run_id": t.run_id,
@@ -133,7 +144,7 @@ def run_sweep(spec, args) -> int:
                 "threads": threads,
                 "scaling": {
                     "workers": scaling.workers,
-                    "use_gpu": _resolve_use_gpu(scaling.use_gpu),
+                    "use_gpu": use_gpu,
                     "resources_per_worker": dict(scaling.resources_per_worker or {}),
                 },
                 "worker_env": {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "RAY_TRAIN_"))},

@@ -294,6 +294,8 @@ def run_training(
     table = merged.compute()
     all_samples = sorted((row for g in gathered for row in g[1]), key=lambda r: r["sample_id"])
     all_routing = [record for g in gathered for record in g[2]]
+    if not (checkpoint_dir / "training" / "model.pt").exists():  # resumed after the last epoch, or epochs: 0
+        _save_training_state(checkpoint_dir / "training", model, optimizer, scheduler, epochs - 1)
     shutil.copy2(checkpoint_dir / "training" / "model.pt", final_dir / "model.pt")
 
     routing_rows = methods.summarise_routing_records(all_routing) if all_routing else []
