@@ -73,7 +73,7 @@ def cell_resources(scaling: dict, threads: int) -> dict:
     return {"cpu": TRIAL_TOKEN_CPU}  # the Train workers reserve their own resources; a trial cannot ask for 0
 
 
-def run_cells(cells: list[dict], *, name: str, storage_path: Path, max_concurrent: int, scheduler=None, view=None):
+def run_cells(cells: list[dict], *, name: str, storage_path: Path, max_concurrent: int | None, scheduler=None, view=None):
     """Run the cells as one Tune experiment; the trials write the store themselves."""
     from ray import tune
 
@@ -157,7 +157,7 @@ def run_sweep(spec, args) -> int:
                 cells,
                 name=spec.name,
                 storage_path=results / "ray",
-                max_concurrent=spec.tune.max_concurrent_trials or 1,
+                max_concurrent=spec.tune.max_concurrent_trials,  # None: as many as the resources allow
                 scheduler=_scheduler(spec.tune.asha),
                 view=view,
             )
