@@ -11,6 +11,7 @@ from harness.report.table import TextTable, leaderboard_table, metric_title, per
 _ROW_STYLES = {"complete": "", "partial": "yellow", "failed": "red", "missing": "dim"}
 # The terminal shows the headline metrics; Markdown, HTML and CSV carry all of them.
 TERMINAL_METRICS = ["i_auroc", "p_auroc", "aupro"]
+WIDE_ENOUGH = 130  # columns needed for metrics and efficiency in one table
 TERMINAL_EFFICIENCY = ("params_trainable", "flops_reconstruction_g", "wall_time_train_s", "infer_throughput_img_s")
 
 
@@ -27,8 +28,13 @@ def _rich_table(table: TextTable, title: str | None = None) -> Table:
 def render_terminal(board: Leaderboard, console: Console | None = None, per_class: bool = False) -> None:
     console = console or Console()
     title = f"Leaderboard: sweep {board.sweep}" if board.sweep else "Leaderboard: all runs"
-    table = leaderboard_table(board, TERMINAL_METRICS, TERMINAL_EFFICIENCY)
-    console.print(_rich_table(table, f"{title}  ({board.store_root})"))
+    if console.width >= WIDE_ENOUGH:
+        table = leaderboard_table(board, TERMINAL_METRICS, TERMINAL_EFFICIENCY)
+        console.print(_rich_table(table, f"{title}  ({board.store_root})"))
+    else:  # a narrow terminal: metrics and efficiency as two tables rather than truncated cells
+        table = leaderboard_table(board, TERMINAL_METRICS, ())
+        console.print(_rich_table(table, f"{title}  ({board.store_root})"))
+        console.print(_rich_table(leaderboard_table(board, [], TERMINAL_EFFICIENCY), "Efficiency"))
     for note in table.footnotes:
         console.print(f"  {note}", style="dim" if note.startswith("*") else "yellow", markup=False, highlight=False)
     if per_class:
