@@ -21,7 +21,7 @@ RAY_QUIET_ENV = {
 TRIAL_TOKEN_CPU = 0.1
 
 
-def check_fits(per_trial_cpus: float, scaling, per_trial_gpus: float = 0.0) -> None:
+def check_fits(per_trial_cpus: float, per_trial_gpus: float, scaling) -> None:
     """Fail before starting, not hang in the scheduler, when one trial can never be placed."""
     import ray
 
@@ -35,13 +35,13 @@ def check_fits(per_trial_cpus: float, scaling, per_trial_gpus: float = 0.0) -> N
             )
 
 
-def trial_gpus(scaling, use_gpu: bool) -> float:
-    """GPUs one trial reserves: one for an in-process trial, else each Train worker's (Ray Train's default is 1)."""
-    if not use_gpu:
-        return 0.0
-    if scaling.workers == 0:
-        return 1.0
-    return scaling.workers * float((scaling.resources_per_worker or {}).get("GPU", 1))
+def trial_footprint(workers: int, threads: int, resources_per_worker: dict | None, use_gpu: bool) -> tuple[float, float]:
+    """CPUs and GPUs one trial occupies: the loop's own process for workers: 0, else its Train
+    workers (Ray Train's default is one GPU each) plus the trial's token CPU."""
+    if int(workers) == 0:
+        return float(threads), 1.0 if use_gpu else 0.0
+    gpus = int(workers) * float((resources_per_worker or {}).get("GPU", 1)) if use_gpu else 0.0
+    return int(workers) * threads + TRIAL_TOKEN_CPU, gpus
 
 
 def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -66,10 +66,8 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
 def cell_resources(scaling: dict, threads: int) -> dict:
     """What the Tune trial itself reserves: the whole loop for workers: 0, a token CPU otherwise."""
     if int(scaling["workers"]) == 0:
-        resources = {"cpu": threads}
-        if scaling["use_gpu"]:
-            resources["gpu"] = 1
-        return resources
+        cpus, gpus = trial_footprint(0, threads, None, scaling["use_gpu"])
+        return {"cpu": cpus, "gpu": gpus} if gpus else {"cpu": cpus}
     return {"cpu": TRIAL_TOKEN_CPU}  # the Train workers reserve their own resources; a trial cannot ask for 0
 
 
@@ -127,11 +125,11 @@ def run_sweep(spec, args) -> int:
         scaling = spec.scaling
         threads = int(float((scaling.resources_per_worker or {}).get("CPU", 1)))
         concurrent = spec.tune.max_concurrent_trials or 1
-        per_trial = threads if scaling.workers == 0 else scaling.workers * threads + TRIAL_TOKEN_CPU
+        per_trial_cpus, _ = trial_footprint(scaling.workers, threads, scaling.resources_per_worker, False)
         # A local cluster gets enough logical CPUs for the trials to be scheduled at all.
-        connect(getattr(args, "address", None), num_cpus=max(os.cpu_count() or 1, math.ceil(concurrent * per_trial)))
+        connect(getattr(args, "address", None), num_cpus=max(os.cpu_count() or 1, math.ceil(concurrent * per_trial_cpus)))
         use_gpu = _resolve_use_gpu(scaling.use_gpu)
-        check_fits(per_trial, scaling, trial_gpus(scaling, use_gpu))
+        check_fits(*trial_footprint(scaling.workers, threads, scaling.resources_per_worker, use_gpu), scaling)
         cells = [
             {
                 "run_id": t.run_id,
