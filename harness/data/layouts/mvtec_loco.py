@@ -3,7 +3,9 @@
 ``<cls>/{train,validation}/good/*.png``, ``<cls>/test/{good,logical_anomalies,structural_anomalies}/NNN.png``
 and a folder per anomalous image ``<cls>/ground_truth/<type>/NNN/{000,001,...}.png`` with one
 defect per file. ``<cls>/defects_config.json`` (defect_name, pixel_value, saturation_threshold,
-relative_saturation) is kept for sPRO. The validation split stays its own split.
+relative_saturation) is kept for sPRO, after the checks of the official evaluation
+(``harness.metrics.defects.defects_config_problems``): a bad config is a problem of the scan, so
+loading the dataset fails before any training. The validation split stays its own split.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from pathlib import Path
 from harness.data.cards import GOOD
 from harness.data.layouts import LayoutScan, image_files, sample_id, scan_each_class, subfolders
 from harness.data.sample import ANOMALOUS, NORMAL, Sample
+from harness.metrics.defects import CONFIG_KEYS, defects_config_problems
 
 ROOT_EXTRAS: frozenset[str] = frozenset()
 DEFECTS_CONFIG = "defects_config.json"
-CONFIG_KEYS = ("defect_name", "pixel_value", "saturation_threshold", "relative_saturation")
 
 
 def scan(root: Path, dataset: str, classes: list[str]) -> LayoutScan:
@@ -74,8 +76,9 @@ def _read_defects_config(class_dir: Path, cls: str, result: LayoutScan) -> None:
     except (OSError, ValueError) as err:
         result.problem("bad-defects-config", f"class {cls!r}: {path} is not readable JSON: {err}", path, class_name=cls)
         return
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and all(k in e for k in CONFIG_KEYS) for e in entries):
-        result.problem("bad-defects-config", f"class {cls!r}: {path} must be a list of objects with keys {', '.join(CONFIG_KEYS)}",
-                       path, class_name=cls)
+    problems = defects_config_problems(entries, str(path))
+    for message in problems:
+        result.problem("bad-defects-config", f"class {cls!r}: {message}", path, class_name=cls)
+    if problems:
         return
     result.defects_config[cls] = [{k: e[k] for k in CONFIG_KEYS} for e in entries]
