@@ -5,20 +5,32 @@ alternative it names is a config key. Decisions for each point the paper leaves 
 
 1. F(.) in F_out = F(F'') + A(F''): the identity (residual path): the layer computes
    LN(F'' + A(F'')). ``keep_ffn: true`` keeps UniAD's FFN in parallel (8.72M params, 3.57 GFLOPs).
-2. GRA: inside each adapter, at the bottleneck width: h + g * act(h) with g a learnable
-   per-channel vector initialised to 0 (``gra_gate: vector``); ``gra_gate: token_sigmoid`` makes
-   g = sigmoid(Linear(d -> d)(h)) per token. Up-projections are zero-initialised, so every MoA
-   starts as the identity residual.
+2. GRA: inside each adapter, at the bottleneck width d, the paper's "nonlinearity and residual
+   modulation" as its own transform and nonlinearity inside a gated residual:
+   h + g * act(W h + b) (``gra_form: block_linear``), W block-diagonal with 16 x 16 blocks
+   (xavier per block), b zero, g a learnable per-channel vector initialised to 0.1
+   (``gra_gate: vector``; ``token_sigmoid`` makes g = sigmoid(Linear(d -> d)(h)) per token).
+   Why: the earlier h + g * act(h) (``gra_form: elementwise``, g initialised to 0) is exactly
+   (1 + g) * h after the ReLU, a per-channel scale; a full d x d W (``gra_form: linear``) adds
+   0.068 GFLOPs (1.981 G against the paper's 1.93 G), the blocks 0.012 G (1.924 G). g starts
+   non-zero because with g = 0 the gradient of W is zero until g has moved. Up-projections are
+   zero-initialised, so every MoA still starts as the identity residual.
 3. SE: on the mixed MoA output, squeezing over one image's tokens, reduction ``se_reduction``
    16 (4 is the alternative that reproduces thop's 1.42M; 0 disables SE).
 4. Gate G: per token, Linear(D -> K) on the FFN slot's input (``router: token``);
    ``router: image`` routes each image from its mean token. Balance loss: CV^2 of the router's
    importance, weight ``balance_loss_weight`` (default 0 = off).
 5. Routing modes (``routing``): ``softmax`` (dense), ``top1`` (argmax, output scaled by its
-   probability), ``gumbel_top1`` (hard straight-through Gumbel-softmax with temperature
-   ``gumbel_temperature``, annealed linearly to ``gumbel_temperature_min`` over
-   ``gumbel_anneal_epochs`` when that is > 0; noise only in training, argmax in eval),
-   ``first`` (adapter 0 only, no router). Sparse modes run only the selected adapter per token.
+   probability), ``gumbel_top1`` (Gumbel-softmax with temperature ``gumbel_temperature``,
+   annealed linearly to ``gumbel_temperature_min`` over ``gumbel_anneal_epochs`` when that is
+   > 0; noise only in training, argmax in eval), ``first`` (adapter 0 only, no router).
+   gumbel_top1 training is a straight-through estimator over the dense mixture
+   (``gumbel_backward: dense``): the forward value is the noisy-argmax adapter's output, the
+   backward that of sum_k soft_k * A_k, so every adapter and the router get gradient from every
+   token (the paper's "partial gradient flow through multiple adapters", sec. 4.6); all adapters
+   run in training. ``gumbel_backward: selected`` is the earlier form: only the chosen adapter
+   runs, with weight 1 carrying the gradient of its soft probability. At evaluation every sparse
+   mode runs only the selected adapter per token.
 6. Adapter internals: Linear(D->d), ``adapter_activation`` (ReLU as UniAD), GRA, Linear(d->D),
    biases, no dropout inside adapters, no residual inside adapters (the layer's residual is F'').
 7. Fusion neck: UniAD's MFCN (resize to stride 16, concatenate 272 channels) then
@@ -32,9 +44,10 @@ alternative it names is a config key. Decisions for each point the paper leaves 
 10. Training: hybrid loss ``loss_mse_weight`` * MSE + ``loss_cos_weight`` * mean(1 - cosine over
    channels per token); AdamW lr 2e-4 wd 1e-4, StepLR(800, 0.1), clip 0.1, jitter 20 / 1.0,
    batch 128, 500 epochs (paper preset).
-11. Counting: our true parameter count of the paper preset is 4,583,856 (4+4 MoA graph
-   4,514,224 + SE 67,712 + GRA vectors 1,920), reported beside the paper's 1.42M; see
-   docs/methods/unilead.md for why they differ.
+11. Counting: our true parameter count of the paper preset is 4,616,496 (4+4 MoA graph
+   4,514,224 + SE 67,712 + GRAs 34,560: gate vectors 1,920 and block W + b 32,640), reported
+   beside the paper's 1.42M; see docs/methods/unilead.md for why they differ. Common-counter
+   FLOPs 1.924 G (2 x MACs), true 2.161 G.
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ _PAPER = {
     "router": "token",
     "adapter_activation": "relu",
     "gra_gate": "vector",
+    "gra_form": "block_linear",
     "se_reduction": 16,
     "keep_ffn": False,
     "share_layers": False,
@@ -67,6 +81,7 @@ _PAPER = {
     "gumbel_temperature": 1.0,
     "gumbel_temperature_min": 1.0,
     "gumbel_anneal_epochs": 0,
+    "gumbel_backward": "dense",
     "loss_mse_weight": 1.0,
     "loss_cos_weight": 1.0,
     "smoothing_sigma": 1.0,
@@ -86,7 +101,7 @@ _CPU = {
 class UniLEAD(UniAD):
     """UniLEAD: neighbour-masked reconstruction transformer whose FFNs are Mixtures of Adapters."""
 
-    version = 1
+    version = 2
     presets = {"paper": _PAPER, "cpu": _CPU}
 
     def feedforward(self, site: str) -> nn.Module:
@@ -102,6 +117,8 @@ class UniLEAD(UniAD):
             se_reduction=int(c["se_reduction"]) or None,
             compute_balance_loss=float(c["balance_loss_weight"]) > 0,
             temperature=float(c["gumbel_temperature"]),
+            gra_form=c["gra_form"],
+            gumbel_backward=c["gumbel_backward"],
         )
         if not c["keep_ffn"]:
             return moa

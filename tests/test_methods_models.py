@@ -52,10 +52,12 @@ def count(module):
     [
         ("uniad", None, 7_717_392),
         ("moead", None, 4_935_704),
-        ("unilead", {"se_reduction": 0}, 4_514_224 + 8 * 240),  # spec 2.2 row + GRA vectors (one per adapter channel)
-        ("unilead", None, 4_583_856),
-        ("unilead", {"keep_ffn": True, "se_reduction": 0}, 8_718_768 + 8 * 240),
-        ("unilead", {"share_layers": True, "se_reduction": 0}, 1_236_472 + 2 * 240),
+        # spec 2.2 rows + the GRAs: per layer a gate vector (240) and block-diagonal W + bias (16 * 240 + 240)
+        ("unilead", {"se_reduction": 0}, 4_514_224 + 8 * 18 * 240),
+        ("unilead", None, 4_616_496),
+        ("unilead", {"gra_form": "elementwise"}, 4_583_856),  # gate vectors only (the pre-issue-8 form)
+        ("unilead", {"keep_ffn": True, "se_reduction": 0}, 8_718_768 + 8 * 18 * 240),
+        ("unilead", {"share_layers": True, "se_reduction": 0}, 1_236_472 + 2 * 18 * 240),
     ],
 )
 def test_reconstruction_module_parameter_counts_of_the_paper_preset(name, overrides, expected):

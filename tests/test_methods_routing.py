@@ -37,15 +37,30 @@ def test_first_runs_only_adapter_zero(train):
     assert all(n == TOKENS for n in seen[0])
 
 
-@pytest.mark.parametrize("mode", ["top1", "gumbel_top1"])
-@pytest.mark.parametrize("train", [True, False])
-def test_sparse_modes_run_one_adapter_per_token(mode, train):
+@pytest.mark.parametrize(
+    "mode, overrides, train",
+    [
+        ("top1", {}, True),
+        ("top1", {}, False),
+        ("gumbel_top1", {}, False),
+        ("gumbel_top1", {"gumbel_backward": "selected"}, True),
+        ("gumbel_top1", {"gumbel_backward": "selected"}, False),
+    ],
+)
+def test_sparse_modes_run_one_adapter_per_token(mode, overrides, train):
     torch.manual_seed(1)
-    model = tiny("unilead", {"routing": mode})
+    model = tiny("unilead", {"routing": mode, **overrides})
     calls = 3  # 1 encoder + 2 decoder layers
     seen = rows_seen(model, tiny_batch(), train)
     total = sum(sum(v) for v in seen.values())
     assert total == calls * TOKENS  # a dense path would make this 4x larger
+
+
+def test_gumbel_top1_training_runs_every_adapter_for_the_dense_backward():
+    torch.manual_seed(1)
+    seen = rows_seen(tiny("unilead", {"routing": "gumbel_top1"}), tiny_batch(), True)
+    assert set(seen) == {0, 1, 2, 3}
+    assert all(n == TOKENS for v in seen.values() for n in v)
 
 
 def test_softmax_runs_every_adapter_on_every_token():
@@ -54,10 +69,10 @@ def test_softmax_runs_every_adapter_on_every_token():
     assert all(n == TOKENS for v in seen.values() for n in v)
 
 
-@pytest.mark.parametrize("mode", ["softmax", "top1", "gumbel_top1"])
-def test_router_receives_gradient(mode):
+@pytest.mark.parametrize("mode, overrides", [("softmax", {}), ("top1", {}), ("gumbel_top1", {}), ("gumbel_top1", {"gumbel_backward": "selected"})])
+def test_router_receives_gradient(mode, overrides):
     torch.manual_seed(0)
-    model = tiny("unilead", {"routing": mode}).train()
+    model = tiny("unilead", {"routing": mode, **overrides}).train()
     for adapter in (m for m in model.modules() if isinstance(m, BottleneckAdapter)):
         torch.nn.init.normal_(adapter.up.weight, std=0.1)  # leave the zero init so adapter outputs differ
     model(tiny_batch())["loss"].backward()

@@ -40,14 +40,29 @@ def test_moead_paper_profile():
 def test_unilead_paper_profile_and_its_reported_numbers():
     profile = profile_method("unilead", "paper", with_backbone=False)
     assert 2 * profile["macs"]["reconstruction"]["common"] == pytest.approx(1.93e9, rel=0.03)
-    assert profile["params"]["reconstruction"] == 4_583_856  # the true count, beside the paper's 1.42M
+    assert profile["params"]["reconstruction"] == 4_616_496  # the true count, beside the paper's 1.42M
     assert profile["reported"]["params_m"]["value"] == pytest.approx(1.42)
     assert profile["macs"]["reconstruction"]["true"] > profile["macs"]["reconstruction"]["common"]
 
 
-def test_thop_style_count_with_se_r4_reproduces_the_papers_1_42m():
-    profile = profile_method("unilead", "paper", {"se_reduction": 4}, with_backbone=False)
+@pytest.mark.parametrize("gra_form", ["block_linear", "elementwise"])
+def test_thop_style_count_with_se_r4_reproduces_the_papers_1_42m(gra_form):
+    # thop sees neither the GRA's raw W and b nor its gate, so both forms count the same
+    profile = profile_method("unilead", "paper", {"se_reduction": 4, "gra_form": gra_form}, with_backbone=False)
     assert profile["params"]["reconstruction_thop_style"] == 1_416_624
+
+
+def test_unilead_gra_forms_cost_what_the_docs_say():
+    """Common-counter GFLOPs (2 x MACs): elementwise 1.912, block_linear 1.924, full linear 1.981."""
+    flops = {
+        form: 2 * profile_method("unilead", "paper", {"gra_form": form}, with_backbone=False)["macs"]["reconstruction"]["common"]
+        for form in ("elementwise", "block_linear", "linear")
+    }
+    block_macs = 8 * 196 * 16 * 240  # 8 mixtures x 196 tokens x 16 x (16 + 32 + 64 + 128)
+    full_macs = 8 * 196 * (16**2 + 32**2 + 64**2 + 128**2)
+    assert flops["block_linear"] - flops["elementwise"] == 2 * block_macs
+    assert flops["linear"] - flops["elementwise"] == 2 * full_macs
+    assert flops["block_linear"] == pytest.approx(1.93e9, rel=0.01)
 
 
 def test_profile_with_random_backbone_adds_backbone_parameters_and_macs():
@@ -65,7 +80,7 @@ def test_cli_bottlenecks_row_prints_ours_beside_the_paper(capsys):
     assert profile["overrides"] == {"bottlenecks": [16, 32]}
     assert profile["reported"]["params_m"]["value"] == pytest.approx(1.16)
     assert profile["reported"]["flops_g"]["value"] == pytest.approx(1.67)
-    assert profile["params"]["reconstruction"] < 4_583_856
+    assert profile["params"]["reconstruction"] < 4_616_496
 
 
 def test_cli_errors_and_list(capsys):

@@ -4,8 +4,11 @@
 - ``softmax``: every adapter, weighted by softmax(logits) (dense);
 - ``top1``: the argmax adapter, its output scaled by its softmax probability so the router
   receives gradient;
-- ``gumbel_top1``: in training, Gumbel-softmax with temperature tau and a hard straight-through
-  one-hot (forward weight 1, gradient through the soft sample); in eval, argmax, no noise;
+- ``gumbel_top1``: in training, Gumbel-softmax with temperature tau, straight-through over the
+  dense mixture: forward value = the noisy-argmax adapter's output, backward = gradient of the
+  soft mixture sum_k soft_k * A_k, so every adapter and the router get gradient (``dense``, the
+  default); ``selected`` is the older form (only the chosen adapter runs, weight 1 with the
+  gradient of its soft probability). In eval, argmax, no noise, only that adapter runs;
 - ``first``: always adapter 0 with weight 1 (no router).
 
 ``TopKRouter`` is MoEAD's per-token Linear(D -> E): top-k of the raw logits, softmax over the k.
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROUTING_MODES = ("softmax", "gumbel_top1", "top1", "first")
+GUMBEL_BACKWARDS = ("dense", "selected")
 
 
 @dataclass
@@ -28,6 +32,8 @@ class RoutingDecision:
 
     probs (N, K) is the router's softmax (one-hot for ``first``), used for statistics and the
     balance loss; gates (N, K) the weight each adapter's output gets (zeros where unselected).
+    soft (N, K), set only for gumbel_top1 training with the dense backward, is the Gumbel-softmax
+    sample whose mixture carries the gradient while ``index`` fixes the forward value.
     """
 
     gates: Tensor
@@ -35,6 +41,7 @@ class RoutingDecision:
     selected: Tensor
     index: Tensor | None = None
     weight: Tensor | None = None
+    soft: Tensor | None = None
 
     @property
     def sparse(self) -> bool:
@@ -42,9 +49,21 @@ class RoutingDecision:
 
 
 def route_single(
-    logits: Tensor | None, mode: str, *, tokens: int, experts: int, training: bool, temperature: float = 1.0, device=None
+    logits: Tensor | None,
+    mode: str,
+    *,
+    tokens: int,
+    experts: int,
+    training: bool,
+    temperature: float = 1.0,
+    device=None,
+    dense_backward: bool = True,
 ) -> RoutingDecision:
-    """Routing decision for ``tokens`` tokens over ``experts`` adapters (logits None only for ``first``)."""
+    """Routing decision for ``tokens`` tokens over ``experts`` adapters (logits None only for ``first``).
+
+    ``dense_backward`` (gumbel_top1 training only): return the soft sample so the caller runs a
+    straight-through estimator over the dense mixture; False keeps the selected-adapter-only form.
+    """
     if mode not in ROUTING_MODES:
         raise ValueError(f"unknown routing mode {mode!r}; choose one of {', '.join(ROUTING_MODES)}")
     if mode == "first" or logits is None:
@@ -64,6 +83,9 @@ def route_single(
         gumbel = -torch.empty_like(probs).exponential_().log()
         soft = ((logits.float() + gumbel) / float(temperature)).softmax(dim=-1)
         index = soft.argmax(-1)
+        if dense_backward:
+            onehot = F.one_hot(index, experts).to(soft.dtype)
+            return RoutingDecision(onehot, probs, onehot.bool(), index, torch.ones_like(soft[:, 0]), soft)
         chosen = soft.gather(1, index[:, None])[:, 0]
         weight = chosen - chosen.detach() + 1.0  # straight-through: value 1, gradient of the soft sample
     onehot = F.one_hot(index, experts)
