@@ -11,6 +11,8 @@ preset's image size (batch 1):
 - common counter: what fvcore and calflops report, i.e. the same without the QK^T product of
   neighbour-masked attention (with a float mask PyTorch computes it with baddbmm, which they do
   not count). We measure that product with hooks on NeighbourMaskedAttention and subtract it.
+  Attention is counted in its "baddbmm" formulation whatever ``attention_impl`` says: the
+  products are the same, and FlopCounterMode cannot see into CPU scaled_dot_product_attention.
 Element-wise work (softmax, norms, activations) is counted by neither convention here; calflops
 adds a little of it (UniAD 3.179 vs 3.168 G).
 Everything is built with a randomly initialised backbone, so no weight file is needed.
@@ -56,13 +58,19 @@ def count_macs(fn, *args, **kwargs) -> MacCount:
         if mask is not None:
             masked[0] += query.shape[0] * query.shape[1] * key.shape[1] * query.shape[2]
 
-    hooks = [m.register_forward_hook(on_attention) for m in _modules_of(fn) if isinstance(m, NeighbourMaskedAttention)]
+    attentions = [m for m in _modules_of(fn) if isinstance(m, NeighbourMaskedAttention)]
+    hooks = [m.register_forward_hook(on_attention) for m in attentions]
+    impls = [m.impl for m in attentions]
     try:
+        for m in attentions:
+            m.impl = "baddbmm"
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             fn(*args, **kwargs)
     finally:
         for hook in hooks:
             hook.remove()
+        for m, impl in zip(attentions, impls):
+            m.impl = impl
     return MacCount(true=int(counter.get_total_flops()) // 2, masked_qk=masked[0])
 
 

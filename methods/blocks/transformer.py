@@ -11,6 +11,7 @@ and applies each of them ``layers`` times (MoEAD-style reuse, spec 2.2).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -21,24 +22,27 @@ from methods.blocks.position import LearnedPositionEmbedding2d
 
 
 def xavier_init_(module: nn.Module) -> None:
-    """UniAD's initialisation: xavier-uniform weights and zero biases on every Linear/Conv, then
-    adapters re-zero their up-projections (spec 1.1 "Initialisation")."""
+    """UniAD's initialisation: xavier-uniform weights and zero biases on every Linear/Conv (spec 1.1
+    "Initialisation"); then modules whose official parameters are not nn.Linears re-draw them
+    (``reset_after_xavier``: attention's packed in_proj, fastmoe experts) and adapters re-zero
+    their up-projections."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    for m in module.modules():
-        if hasattr(m, "reset_up_projection"):
-            m.reset_up_projection()
+    for hook in ("reset_after_xavier", "reset_up_projection"):
+        for m in module.modules():
+            if hasattr(m, hook):
+                getattr(m, hook)()
 
 
 class EncoderLayer(nn.Module):
     """Post-norm encoder layer: x = LN(x + attn(x+pos, x+pos, x)); x = LN(x + ffn(x))."""
 
-    def __init__(self, dim: int, heads: int, feedforward: nn.Module, dropout: float):
+    def __init__(self, dim: int, feedforward: nn.Module, dropout: float, attention: Callable[[], nn.Module]):
         super().__init__()
-        self.attention = NeighbourMaskedAttention(dim, heads, dropout)
+        self.attention = attention()
         self.feedforward = feedforward
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -55,11 +59,11 @@ class DecoderLayer(nn.Module):
     """UniAD's layer-wise-query decoder layer (learned queries attend to the encoder output, then
     to the previous decoder output, then the FFN slot); each sub-layer residual + LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, tokens: int, feedforward: nn.Module, dropout: float):
+    def __init__(self, dim: int, tokens: int, feedforward: nn.Module, dropout: float, attention: Callable[[], nn.Module]):
         super().__init__()
         self.query = nn.Embedding(tokens, dim)
-        self.memory_attention = NeighbourMaskedAttention(dim, heads, dropout)
-        self.previous_attention = NeighbourMaskedAttention(dim, heads, dropout)
+        self.memory_attention = attention()
+        self.previous_attention = attention()
         self.feedforward = feedforward
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -85,9 +89,10 @@ class ReconstructionTransformer(nn.Module):
 
     ``feedforward_factory(site)`` builds the FFN slot of the layer named ``site`` ("encoder.0", ...).
     ``mask_sites``: which of (encoder self-attention, decoder attention 1, decoder attention 2) use
-    the neighbour mask. After a forward, ``routing_stats`` lists (layer name, per-sample routing
-    statistics, balance loss or None) of every routed call in
-    call order.
+    the neighbour mask; ``mask_span`` how an even window is blocked (see neighbour_mask);
+    ``attention_impl`` / ``attention_init`` go to every NeighbourMaskedAttention. After a forward,
+    ``routing_stats`` lists (layer name, per-sample routing statistics, balance loss or None) of
+    every routed call in call order.
     """
 
     def __init__(
@@ -103,6 +108,9 @@ class ReconstructionTransformer(nn.Module):
         window: int = 7,
         mask_sites: Sequence[bool] = (True, True, True),
         share_layers: bool = False,
+        mask_span: str = "official",
+        attention_impl: str = "sdpa",
+        attention_init: str = "packed_xavier",
     ):
         super().__init__()
         self.grid = (int(grid[0]), int(grid[1]))
@@ -113,13 +121,16 @@ class ReconstructionTransformer(nn.Module):
         self.position = LearnedPositionEmbedding2d(self.grid[0], self.grid[1], dim)
         n_enc = min(1, self.encoder_rounds) if share_layers else self.encoder_rounds
         n_dec = min(1, self.decoder_rounds) if share_layers else self.decoder_rounds
-        self.encoder = nn.ModuleList(EncoderLayer(dim, heads, feedforward_factory(f"encoder.{i}"), dropout) for i in range(n_enc))
+        attention = partial(NeighbourMaskedAttention, dim, heads, dropout, impl=attention_impl, init=attention_init)
+        self.encoder = nn.ModuleList(
+            EncoderLayer(dim, feedforward_factory(f"encoder.{i}"), dropout, attention) for i in range(n_enc)
+        )
         self.decoder = nn.ModuleList(
-            DecoderLayer(dim, heads, tokens, feedforward_factory(f"decoder.{i}"), dropout) for i in range(n_dec)
+            DecoderLayer(dim, tokens, feedforward_factory(f"decoder.{i}"), dropout, attention) for i in range(n_dec)
         )
         self.decoder_norm = nn.LayerNorm(dim)
         self.output_proj = nn.Linear(dim, in_channels)
-        self.register_buffer("blocked", neighbour_mask(self.grid[0], self.grid[1], window), persistent=False)
+        self.register_buffer("blocked", neighbour_mask(self.grid[0], self.grid[1], window, mask_span), persistent=False)
         self.mask_sites = tuple(bool(s) for s in mask_sites)
         if len(self.mask_sites) != 3:
             raise ValueError(f"neighbour_mask_sites needs 3 booleans (encoder, decoder attention 1, decoder attention 2), got {mask_sites!r}")
