@@ -28,19 +28,22 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from methods.config_schema import Bool, ConfigType, Int, ListOf, Nullable, Real, Rule, Str
+
 # Config keys every method has, read by the harness (training loop, feature cache, evaluation).
-SHARED_CONFIG_KEYS = (
-    "backbone",
-    "backbone_levels",
-    "backbone_weights",
-    "image_size",
-    "eval_size",
-    "epochs",
-    "batch_size",
-    "amp",
-    "grad_clip",
-    "seed",
-)
+SHARED_CONFIG_SCHEMA: dict[str, ConfigType] = {
+    "backbone": Str(),  # a timm model name
+    "backbone_levels": ListOf(Int(min=0)),
+    "backbone_weights": Str(),  # auto, packaged, hub, random or a state-dict path
+    "image_size": Int(min=1),
+    "eval_size": Int(min=1),
+    "epochs": Int(min=1),
+    "batch_size": Int(min=1),
+    "amp": Bool(),
+    "grad_clip": Nullable(Real(min=0)),  # 0 or null: no clipping
+    "seed": Int(min=0),
+}
+SHARED_CONFIG_KEYS = tuple(SHARED_CONFIG_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class AnomalyMethod(nn.Module):
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    config_schema: ClassVar[dict[str, ConfigType]] = SHARED_CONFIG_SCHEMA  # key -> type; see methods/config_schema.py
+    config_rules: ClassVar[tuple[Rule, ...]] = ()  # constraints across keys
 
     def __init__(self, config: dict[str, Any], feature_channels: Sequence[int], feature_reductions: Sequence[int]):
         super().__init__()

@@ -28,9 +28,11 @@ from methods import register
 from methods.blocks.attention import NeighbourMaskedAttention, neighbour_mask
 from methods.blocks.experts import MixtureOfExperts
 from methods.blocks.position import LearnedPositionEmbedding2d
+from methods.config_schema import Int, Real, Rule
 from methods.reconstruction import TokenReconstructionMethod
 from methods.uniad import _CPU as _UNIAD_CPU
 from methods.uniad import _PAPER as _UNIAD_PAPER
+from methods.uniad import UniAD
 
 _PAPER = {
     **{k: v for k, v in _UNIAD_PAPER.items() if k not in ("encoder_layers", "decoder_layers")},
@@ -99,6 +101,18 @@ class SharedMoEDecoder(nn.Module):
 @register("moead")
 class MoEAD(TokenReconstructionMethod):
     """MoEAD: a shared MoE decoder block reused for several rounds over UniAD's features."""
+
+    config_schema = {
+        **{k: v for k, v in UniAD.config_schema.items() if k not in ("encoder_layers", "decoder_layers")},
+        "rounds": Int(min=1),
+        "experts": Int(min=1),
+        "top_k": Int(min=1),
+        "balance_loss_weight": Real(min=0),
+    }
+    config_rules = (
+        *UniAD.config_rules,
+        Rule("top_k", lambda c: c["top_k"] <= c["experts"], "at most experts (each token picks top_k of them)"),
+    )
 
     version = 1
     presets = {"paper": _PAPER, "cpu": _CPU}

@@ -15,8 +15,10 @@ from __future__ import annotations
 from torch import nn
 
 from methods import register
+from methods.base import SHARED_CONFIG_SCHEMA
 from methods.blocks.experts import FeedForward
 from methods.blocks.transformer import ReconstructionTransformer
+from methods.config_schema import Bool, Choice, Int, ListOf, Nullable, OneOf, Real, Rule
 from methods.reconstruction import TokenReconstructionMethod
 
 _PAPER = {
@@ -79,6 +81,27 @@ class UniAD(TokenReconstructionMethod):
 
     version = 1
     presets = {"paper": _PAPER, "cpu": _CPU}
+    config_schema = {
+        **SHARED_CONFIG_SCHEMA,
+        "hidden_dim": Int(min=1),
+        "num_heads": Int(min=1),
+        "ffn_dim": Int(min=1),
+        "encoder_layers": Int(min=1),
+        "decoder_layers": Int(min=1),
+        "dropout": Real(min=0, below=1),
+        "neighbour_window": Nullable(OneOf(Int(min=1), Choice("auto"))),  # null = auto
+        "neighbour_mask_sites": ListOf(Bool(), length=3),
+        "jitter_scale": Real(min=0),
+        "jitter_prob": Real(min=0, max=1),
+        "lr": Real(positive=True),
+        "weight_decay": Real(min=0),
+        "lr_step_epochs": Int(min=1),
+        "lr_gamma": Real(positive=True),
+        "score_pool_at_224": Int(min=1),
+    }
+    config_rules = (
+        Rule("num_heads", lambda c: c["hidden_dim"] % c["num_heads"] == 0, "a divisor of hidden_dim (each head gets hidden_dim / num_heads channels)"),
+    )
 
     def build_reconstruction(self, channels: int) -> nn.Module:
         c = self.config

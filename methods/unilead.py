@@ -57,11 +57,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import register
-from methods.blocks.adapters import MixtureOfAdapters
+from methods.blocks.adapters import ACTIVATIONS, GRA_FORMS, GRA_GATES, ROUTER_GRANULARITIES, MixtureOfAdapters
+from methods.blocks.routers import GUMBEL_BACKWARDS, ROUTING_MODES
 from methods.blocks.scoring import gaussian_smooth, max_mean_topk
 from methods.uniad import _CPU as _UNIAD_CPU
 from methods.uniad import _PAPER as _UNIAD_PAPER
 from methods.uniad import UniAD
+from methods.config_schema import Bool, Choice, Int, ListOf, Real, Rule
 
 _PAPER = {
     **{k: v for k, v in _UNIAD_PAPER.items() if k != "score_pool_at_224"},
@@ -103,6 +105,33 @@ class UniLEAD(UniAD):
 
     version = 2
     presets = {"paper": _PAPER, "cpu": _CPU}
+    config_schema = {
+        **UniAD.config_schema,
+        "bottlenecks": ListOf(Int(min=1)),
+        "routing": Choice(*ROUTING_MODES),
+        "router": Choice(*ROUTER_GRANULARITIES),
+        "adapter_activation": Choice(*ACTIVATIONS),
+        "gra_gate": Choice(*GRA_GATES),
+        "gra_form": Choice(*GRA_FORMS),
+        "se_reduction": Int(min=0),  # 0: no SE
+        "keep_ffn": Bool(),
+        "share_layers": Bool(),
+        "balance_loss_weight": Real(min=0),
+        "gumbel_temperature": Real(positive=True),
+        "gumbel_temperature_min": Real(positive=True),
+        "gumbel_anneal_epochs": Int(min=0),
+        "gumbel_backward": Choice(*GUMBEL_BACKWARDS),
+        "loss_mse_weight": Real(min=0),
+        "loss_cos_weight": Real(min=0),
+        "smoothing_sigma": Real(positive=True),
+        "smoothing_kernel": Int(min=1),
+        "score_weights": ListOf(Real(min=0), length=3),
+        "score_topk_fraction": Real(positive=True, max=1),
+    }
+    config_rules = (
+        *UniAD.config_rules,
+        Rule("smoothing_kernel", lambda c: c["smoothing_kernel"] % 2 == 1, "an odd integer (the Gaussian kernel is centred)"),
+    )
 
     def feedforward(self, site: str) -> nn.Module:
         """The FFN slot of layer ``site``: a Mixture of Adapters (plus UniAD's FFN with keep_ffn)."""

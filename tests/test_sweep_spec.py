@@ -94,7 +94,7 @@ def test_all_problems_are_reported_together_with_key_value_and_expectation(tmp_p
     assert found["scaling.workers"].startswith("scaling.workers: got -1; expected an integer >= 0")
     assert "expected one of workers, use_gpu, resources_per_worker" in found["scaling.gpus"]
     assert found["base.dataset"] == (
-        "base.dataset: got 'mvtec'; expected one of embedded, mvtec_ad, visa, mvtec_loco, mvtec_3d, generic"
+        "base.dataset: got 'mvtec'; expected one of embedded, mvtec_3d, mvtec_ad, mvtec_loco, visa, generic"
     )
 
 
@@ -255,4 +255,4 @@ def test_dry_run_prints_trials_and_bad_file_exits_2(tmp_path, capsys):
     bad = write(tmp_path, {"name": "t", "base": {"method": "uniad", "preset": "fast"}})
     assert main(["sweep", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "base.preset: got 'fast'; expected one of paper, cpu" in err
+    assert "base.preset: got 'fast'; expected one of uniad's presets: cpu, paper" in err

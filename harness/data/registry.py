@@ -89,6 +89,22 @@ def get_card(name: str) -> DatasetCard:
     return load_card(path)
 
 
+def dataset_names() -> list[str]:
+    """Every dataset a config can name: the bundled cards, then generic."""
+    return [c.name for c in list_cards()] + [GENERIC]
+
+
+def dataset_classes(name: str, root: str | Path | None = None, expected=None) -> list[str]:
+    """The classes a config may choose: the card's (or the --expect card's); generic: the root's class folders."""
+    if name == GENERIC:
+        from harness.data.layouts.generic import discover_classes
+
+        return discover_classes(Path(root).expanduser()) if root is not None else []
+    if expected is not None:
+        return list(counts_from(expected))
+    return get_card(name).class_names
+
+
 @dataclass
 class DatasetScan:
     """A read root before judging it: what verify reports and load_dataset raises on."""

@@ -23,11 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, load_yaml, parse_assignment, set_dotted
+from harness.config import ConfigIssue, ConfigProblems, load_yaml, parse_assignment, set_dotted, show_value
 
-KNOWN_METHODS = ("unilead", "unimmad", "anomalymoe", "uniad", "moead", "rd4ad", "dinomaly")
-KNOWN_DATASETS = ("embedded", "mvtec_ad", "visa", "mvtec_loco", "mvtec_3d", "generic")
-PRESETS = ("paper", "cpu")
 TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "seeds", "tune", "scaling", "results")
 BASE_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "method_config")
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -39,26 +36,14 @@ DEFAULT_RESULTS = "./results"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-@dataclass(frozen=True)
-class SweepIssue:
-    key: str
-    value: Any
-    expected: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: got {_show(self.value)}; expected {self.expected}"
+SweepIssue = ConfigIssue
 
 
-class SweepError(ConfigError):
+class SweepError(ConfigProblems):
     """Every problem found in one sweep file, reported together."""
 
-    def __init__(self, source: str, issues: list[SweepIssue]):
-        self.source = source
-        self.issues = list(issues)
-        count = len(self.issues)
-        lines = [f"{source}: {count} problem{'s' if count != 1 else ''} in the sweep file:"]
-        lines += [f"  - {issue}" for issue in self.issues]
-        super().__init__("\n".join(lines))
+    def __init__(self, source: str, issues: list[ConfigIssue]):
+        super().__init__(source, issues, "in the sweep file")
 
 
 @dataclass(frozen=True)
@@ -227,7 +212,7 @@ def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
         source=source,
         notes=notes,
     )
-    _validate_trial_configs(spec, bad, notes)
+    _validate_trial_configs(spec, issues)
     if issues:
         raise SweepError(source, issues)
     return spec
@@ -238,8 +223,7 @@ def _validate_base(base: dict, bad) -> dict:
     for key in base:
         if key not in BASE_KEYS:
             bad(f"base.{key}", base[key], f"one of {', '.join(BASE_KEYS)} (method options go under base.method_config)")
-    if "method" not in base:
-        bad("base.method", None, f"a method name, one of {', '.join(KNOWN_METHODS)}")
+    base.setdefault("method", None)  # a missing method is reported with the trial checks
     base.setdefault("preset", "cpu")
     base.setdefault("dataset", "embedded")
     base.setdefault("data_root", None)
@@ -412,78 +396,39 @@ def _validate_scaling(scaling: Any, bad) -> ScalingSettings:
     return ScalingSettings(workers, use_gpu, dict(resources))
 
 
-def _validate_trial_configs(spec: SweepSpec, bad, notes: list[str]) -> None:
-    """Checks on the values trials will really see: names, paths, method options."""
-    values_of = {axis.key: axis.values for axis in spec.axes if axis.kind in ("grid", "choice")}
+def _validate_trial_configs(spec: SweepSpec, issues: list[ConfigIssue]) -> None:
+    """Every distinct trial configuration through the one trial validation (harness.training.trial_config).
 
-    def candidates(key: str) -> list:
-        return list(values_of[key]) if key in values_of else [spec.base.get(key)]
+    Problems are named where the file sets the key (``axes.KEY`` for a swept key, else
+    ``base.KEY``), each reported once, and never again for a key already reported above.
+    """
+    from harness.training.trial_config import dataset_issues, method_issues
 
-    known, unavailable = known_methods()
-    for method in candidates("method"):
-        where = "base.method" if "method" not in values_of else "axes.method"
-        if method is None:
-            continue  # reported above as a missing key
-        if method in unavailable:
-            bad(where, method, f"a method that can be built here ({unavailable[method]})")
-        elif method not in known:
-            bad(where, method, f"one of {', '.join(known)}")
-    for preset in candidates("preset"):
-        if preset not in PRESETS:
-            bad("base.preset" if "preset" not in values_of else "axes.preset", preset, f"one of {', '.join(PRESETS)}")
+    _resolve_data_root(spec)
+    swept = {axis.key for axis in spec.axes}
+    reported = {issue.key for issue in issues}
+    seen: set[tuple] = set()
+    checked: dict[str, list[ConfigIssue]] = {}
+    for trial in expand(spec):
+        c = trial.config
+        found = method_issues(c.get("method"), c.get("preset"), c.get("method_config"))
+        dataset_args = (c.get("dataset"), c.get("data_root"), c.get("classes"), c.get("expect"))
+        memo_key = repr(dataset_args)
+        if memo_key not in checked:
+            checked[memo_key] = dataset_issues(*dataset_args)
+        for issue in found + checked[memo_key]:
+            where = f"axes.{issue.key}" if issue.key in swept else f"base.{issue.key}"
+            ident = (where, show_value(issue.value), issue.expected)
+            if where not in reported and ident not in seen:
+                seen.add(ident)
+                issues.append(ConfigIssue(where, issue.value, issue.expected))
+
+
+def _resolve_data_root(spec: SweepSpec) -> None:
+    """An existing data_root becomes absolute: Ray workers change directory."""
     data_root = spec.base.get("data_root")
-    for dataset in candidates("dataset"):
-        where = "base.dataset" if "dataset" not in values_of else "axes.dataset"
-        if dataset not in KNOWN_DATASETS:
-            bad(where, dataset, f"one of {', '.join(KNOWN_DATASETS)}")
-        elif dataset != "embedded" and data_root is None:
-            bad("base.data_root", None, f"the dataset's root folder: dataset {dataset} needs --data-root PATH")
-    if data_root is not None:
-        if not isinstance(data_root, (str, Path)):
-            bad("base.data_root", data_root, "a folder path or null")
-        elif not Path(data_root).expanduser().is_dir():
-            bad("base.data_root", data_root, "an existing folder (relative paths are read from the current directory)")
-        else:
-            spec.base["data_root"] = str(Path(data_root).expanduser().resolve())
-    classes = spec.base.get("classes")
-    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes)):
-        bad("base.classes", classes, "null (all classes) or a list of class names")
-    _validate_method_config(spec, candidates("method"), candidates("preset"), bad, notes)
-
-
-def known_methods() -> tuple[list[str], dict[str, str]]:
-    """Method names the registry knows, and those it knows but cannot build (with the reason)."""
-    try:
-        import methods
-    except Exception:  # the registry is optional here; the runner reports a broken one in full
-        return list(KNOWN_METHODS), {}
-    unavailable = methods.unavailable()
-    return sorted({*methods.available(), *unavailable}), unavailable
-
-
-def _validate_method_config(spec: SweepSpec, methods: list, presets: list, bad, notes: list[str]) -> None:
-    """Unknown method options are errors once the methods package can tell us the valid ones."""
-    keys = {f"base.method_config.{key}": key for key in spec.base["method_config"]}
-    keys.update({f"axes.{axis.key}": axis.key.split(".")[1] for axis in spec.axes if axis.key.startswith("method_config.")})
-    if not keys:
-        return
-    try:
-        from methods import preset_config
-    except Exception:
-        notes.append("method_config keys not checked: the methods package does not provide preset_config yet")
-        return
-    for method in methods:
-        for preset in presets:
-            if preset not in PRESETS:
-                continue
-            try:
-                valid = preset_config(method, preset)
-            except Exception as exc:  # a method that cannot describe itself must not hide other errors
-                notes.append(f"method_config keys of {method}/{preset} not checked: {exc}")
-                continue
-            for where, key in keys.items():
-                if key not in valid:
-                    bad(where, key, f"an option of {method}'s {preset} preset: {', '.join(sorted(valid))}")
+    if isinstance(data_root, (str, Path)) and Path(data_root).expanduser().is_dir():
+        spec.base["data_root"] = str(Path(data_root).expanduser().resolve())
 
 
 # ---------------------------------------------------------------- expansion
@@ -540,11 +485,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 __all__ = [
