@@ -11,10 +11,14 @@ weight 1e-2. Paper preset: 4,935,704 parameters (2 MHA 526,336; queries 50,176; 
 8,192; 2 x (4 experts 525,568 + gate 1,028 + an unused LayerNorm 512); projections 139,792;
 position 3,584). Training: UniAD's recipe with AdamW lr 2e-4. Map and score: as UniAD.
 
-Decision (MoEAD's exact sub-layer order is not in the fact sheet): per round
-t = LN0(q + attn_memory(q)); t = LN1(moe1(t)); t = LN2(t + attn_previous(t)); out = LN3(moe2(t)),
-mirroring UniAD's decoder layer with an MoE-FFN after each attention. The routing record has one
-"layer" per (round, MoE layer) call.
+Block order (MoEAD's ``Wide_Transformer.forward``), round r with that round's norms n0..n3:
+t = n0(q + drop(attn_memory(q))); t = n1(t + drop(attn_previous(t))); out = n2(moe1(t));
+out = n3(moe2(out)), where each MoE is x + drop(mixture(x)). ``block_order:
+"moe_after_each_attention"`` keeps the harness's first guess (an MoE after each attention:
+t = n0(q + attn_memory); t = n1(moe1(t)); t = n2(t + attn_previous(t)); out = n3(moe2(t))).
+Experts start as fastmoe starts them (``expert_init``, see MixtureOfExperts); the attentions as
+nn.MultiheadAttention's packed in_proj (``attention_init``). The routing record has one "layer"
+per (round, MoE layer) call.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from torch import Tensor, nn
 
 from methods import register
 from methods.blocks.attention import NeighbourMaskedAttention, neighbour_mask
-from methods.blocks.experts import MixtureOfExperts
+from methods.blocks.experts import EXPERT_INITS, MixtureOfExperts
 from methods.blocks.position import LearnedPositionEmbedding2d
-from methods.config_schema import Int, Real, Rule
+from methods.config_schema import Choice, Int, Real, Rule
 from methods.reconstruction import TokenReconstructionMethod
 from methods.uniad import _CPU as _UNIAD_CPU
 from methods.uniad import _PAPER as _UNIAD_PAPER
@@ -40,6 +44,8 @@ _PAPER = {
     "experts": 4,
     "top_k": 2,
     "balance_loss_weight": 1e-2,
+    "block_order": "official",  # | "moe_after_each_attention"
+    "expert_init": "fastmoe",  # | "xavier"
     "lr": 2e-4,
 }
 _CPU = {
@@ -48,28 +54,38 @@ _CPU = {
     "experts": 4,
     "top_k": 2,
     "balance_loss_weight": 1e-2,
+    "block_order": "official",
+    "expert_init": "fastmoe",
 }
 
 
+BLOCK_ORDERS = ("official", "moe_after_each_attention")
+
+
 class SharedMoEDecoder(nn.Module):
-    """MoEAD's reconstruction module: tokens (B, L, C) -> (B, L, C) through one shared block applied ``rounds`` times."""
+    """MoEAD's reconstruction module: tokens (B, L, C) -> (B, L, C) through one shared block applied
+    ``rounds`` times, its sub-layers in ``block_order`` (see the module docstring)."""
 
     def __init__(self, channels: int, dim: int, heads: int, hidden: int, grid: tuple[int, int], window: int,
-                 rounds: int, experts: int, top_k: int, dropout: float, mask_sites):
+                 rounds: int, experts: int, top_k: int, dropout: float, mask_sites, block_order: str = "official",
+                 expert_init: str = "fastmoe", mask_span: str = "official", attention_impl: str = "sdpa",
+                 attention_init: str = "packed_xavier"):
         super().__init__()
+        if block_order not in BLOCK_ORDERS:
+            raise ValueError(f"block_order={block_order!r}: expected one of {', '.join(BLOCK_ORDERS)}")
         tokens = grid[0] * grid[1]
-        self.rounds = int(rounds)
+        self.rounds, self.block_order = int(rounds), block_order
         self.input_proj = nn.Linear(channels, dim)
         self.position = LearnedPositionEmbedding2d(grid[0], grid[1], dim)
         self.query = nn.Embedding(tokens, dim)
-        self.memory_attention = NeighbourMaskedAttention(dim, heads, dropout)
-        self.previous_attention = NeighbourMaskedAttention(dim, heads, dropout)
-        self.moe1 = MixtureOfExperts(dim, hidden, experts, top_k, dropout)
-        self.moe2 = MixtureOfExperts(dim, hidden, experts, top_k, dropout)
+        self.memory_attention = NeighbourMaskedAttention(dim, heads, dropout, impl=attention_impl, init=attention_init)
+        self.previous_attention = NeighbourMaskedAttention(dim, heads, dropout, impl=attention_impl, init=attention_init)
+        self.moe1 = MixtureOfExperts(dim, hidden, experts, top_k, dropout, expert_init)
+        self.moe2 = MixtureOfExperts(dim, hidden, experts, top_k, dropout, expert_init)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4 * self.rounds))
         self.dropout = nn.Dropout(dropout)
         self.output_proj = nn.Linear(dim, channels)
-        blocked = neighbour_mask(grid[0], grid[1], window)
+        blocked = neighbour_mask(grid[0], grid[1], window, mask_span)
         self.register_buffer("blocked", blocked, persistent=False)
         self.mask_sites = [bool(s) for s in mask_sites]
         self.routing_stats: list[tuple[str, Any, Tensor | None]] = []
@@ -86,12 +102,21 @@ class SharedMoEDecoder(nn.Module):
         for r in range(self.rounds):
             n0, n1, n2, n3 = self.norms[4 * r : 4 * r + 4]
             t = n0(query + self.dropout(self.memory_attention(query + pos, memory + pos, memory, self._mask(1))))
-            t = n1(self.moe1(t))
-            self.routing_stats.append((f"round{r}.moe1", self.moe1.last_routing, self.moe1.last_balance_loss))
-            t = n2(t + self.dropout(self.previous_attention(t + pos, out + pos, out, self._mask(2))))
-            out = n3(self.moe2(t))
-            self.routing_stats.append((f"round{r}.moe2", self.moe2.last_routing, self.moe2.last_balance_loss))
+            if self.block_order == "official":
+                t = n1(t + self.dropout(self.previous_attention(t + pos, out + pos, out, self._mask(2))))
+                out = n3(self._moe(self.moe2, r, n2(self._moe(self.moe1, r, t))))
+            else:
+                t = n1(self._moe(self.moe1, r, t))
+                t = n2(t + self.dropout(self.previous_attention(t + pos, out + pos, out, self._mask(2))))
+                out = n3(self._moe(self.moe2, r, t))
         return self.output_proj(out)
+
+    def _moe(self, moe: MixtureOfExperts, round_index: int, x: Tensor) -> Tensor:
+        """``moe``(x) (its internal residual included), its routing logged under round<r>.<name>."""
+        y = moe(x)
+        name = "moe1" if moe is self.moe1 else "moe2"
+        self.routing_stats.append((f"round{round_index}.{name}", moe.last_routing, moe.last_balance_loss))
+        return y
 
     def balance_loss(self) -> Tensor:
         """Mean of the two MoE layers' last (i.e. last round's) CV^2 losses, as MoEAD's code keeps them."""
@@ -108,13 +133,15 @@ class MoEAD(TokenReconstructionMethod):
         "experts": Int(min=1),
         "top_k": Int(min=1),
         "balance_loss_weight": Real(min=0),
+        "block_order": Choice(*BLOCK_ORDERS),
+        "expert_init": Choice(*EXPERT_INITS),
     }
     config_rules = (
         *UniAD.config_rules,
         Rule("top_k", lambda c: c["top_k"] <= c["experts"], "at most experts (each token picks top_k of them)"),
     )
 
-    version = 1
+    version = 2  # 2: official block order, MoE output dropout, fastmoe expert init
     presets = {"paper": _PAPER, "cpu": _CPU}
 
     def build_reconstruction(self, channels: int) -> nn.Module:
@@ -122,6 +149,8 @@ class MoEAD(TokenReconstructionMethod):
         return SharedMoEDecoder(
             channels, int(c["hidden_dim"]), int(c["num_heads"]), int(c["ffn_dim"]), self.grid, self.window,
             int(c["rounds"]), int(c["experts"]), int(c["top_k"]), float(c["dropout"]), c["neighbour_mask_sites"],
+            block_order=c["block_order"], expert_init=c["expert_init"], mask_span=c["neighbour_mask_span"],
+            attention_impl=c["attention_impl"], attention_init=c["attention_init"],
         )
 
     def compute_losses(self, reconstruction: Tensor, target: Tensor) -> dict[str, Tensor]:

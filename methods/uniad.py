@@ -1,9 +1,12 @@
 """UniAD (You et al., NeurIPS'22), reproduced as the fact sheet describes (spec section 1).
 
-Reconstruction module at 14x14 tokens, paper preset: 7,717,392 parameters (12 neighbour-masked
-attentions, 8 FFN-1024, 4 x 196 learned queries, input/output projections, position embedding,
-21 LayerNorms). Neighbour mask blocks the 7x7 window (itself included) in all three attention
-sites; jitter on the 272-d tokens before input_proj, target un-jittered; FeatureMSELoss; AdamW
+Backbone: timm's TF-ported EfficientNet-B4 with the AutoAugment weights lukemelas ships (blocks
+giving 24/32/56/160 channels at strides 2/4/8/16). Reconstruction module at 14x14 tokens, paper
+preset: 7,717,392 parameters (12 neighbour-masked attentions, 8 FFN-1024, 4 x 196 learned
+queries, input/output projections, position embedding, 21 LayerNorms); q/k/v start as the packed
+xavier in_proj of nn.MultiheadAttention. Neighbour mask blocks the 7x7 window (itself included;
+an even window w blocks (w+1)^2, as the official generate_mask) in all three attention sites;
+jitter on the 272-d tokens before input_proj, target un-jittered; FeatureMSELoss; AdamW
 lr 1e-4 wd 1e-4, StepLR(800, 0.1) per epoch, 1000 epochs, batch 8, clip 0.1, seed 133.
 Map: L2 over channels of rec - target, bilinear (align_corners=True) to eval_size, no smoothing.
 Image score: max of the stride-1 average pooling with a 16 px window at 224 (scaled by
@@ -16,13 +19,16 @@ from torch import nn
 
 from methods import register
 from methods.base import SHARED_CONFIG_SCHEMA
+from methods.blocks.attention import ATTENTION_IMPLS, ATTENTION_INITS, MASK_SPANS
 from methods.blocks.experts import FeedForward
 from methods.blocks.transformer import ReconstructionTransformer
 from methods.config_schema import Bool, Choice, Int, ListOf, Nullable, OneOf, Real, Rule
 from methods.reconstruction import TokenReconstructionMethod
 
 _PAPER = {
-    "backbone": "efficientnet_b4",
+    # The official code runs lukemelas' B4 with its AutoAugment TF-ported weights: timm's
+    # TF port (same-padding convolutions) with those weights (spec 1.1 "Backbone").
+    "backbone": "tf_efficientnet_b4.aa_in1k",
     "backbone_levels": [0, 1, 2, 3],
     "backbone_weights": "auto",
     "image_size": 224,
@@ -40,6 +46,9 @@ _PAPER = {
     "dropout": 0.1,
     "neighbour_window": 7,
     "neighbour_mask_sites": [True, True, True],
+    "neighbour_mask_span": "official",  # | "exact": how an even window is blocked (neighbour_mask)
+    "attention_impl": "sdpa",  # | "baddbmm" | "matmul": same function, sdpa fastest (bench_attention.py)
+    "attention_init": "packed_xavier",  # | "per_projection_xavier"
     "jitter_scale": 20.0,
     "jitter_prob": 1.0,
     "lr": 1e-4,
@@ -79,7 +88,7 @@ _CPU = {
 class UniAD(TokenReconstructionMethod):
     """UniAD: neighbour-masked transformer reconstruction of frozen multi-level features."""
 
-    version = 1
+    version = 2  # 2: official even-window mask, packed q/k/v init, TF-ported B4
     presets = {"paper": _PAPER, "cpu": _CPU}
     config_schema = {
         **SHARED_CONFIG_SCHEMA,
@@ -91,6 +100,9 @@ class UniAD(TokenReconstructionMethod):
         "dropout": Real(min=0, below=1),
         "neighbour_window": Nullable(OneOf(Int(min=1), Choice("auto"))),  # null = auto
         "neighbour_mask_sites": ListOf(Bool(), length=3),
+        "neighbour_mask_span": Choice(*MASK_SPANS),
+        "attention_impl": Choice(*ATTENTION_IMPLS),
+        "attention_init": Choice(*ATTENTION_INITS),
         "jitter_scale": Real(min=0),
         "jitter_prob": Real(min=0, max=1),
         "lr": Real(positive=True),
@@ -117,6 +129,9 @@ class UniAD(TokenReconstructionMethod):
             window=self.window,
             mask_sites=c["neighbour_mask_sites"],
             share_layers=bool(c.get("share_layers", False)),
+            mask_span=c["neighbour_mask_span"],
+            attention_impl=c["attention_impl"],
+            attention_init=c["attention_init"],
         )
 
     def feedforward(self, site: str) -> nn.Module:

@@ -61,7 +61,7 @@ class NeighbourMaskedAttention(nn.Module):
 
     ``impl`` picks one of three formulations of the same function (benchmarks/bench_attention.py
     times them; outputs agree within 2e-7): "sdpa" (``F.scaled_dot_product_attention`` with the
-    additive mask; the fastest on one CPU thread, 0.56-0.88x of baddbmm), "baddbmm" as PyTorch's
+    additive mask; the fastest on one CPU thread, 0.56-0.88x of baddbmm's time over runs), "baddbmm" as PyTorch's
     nn.MultiheadAttention computes it for UniAD (q pre-scaled, the additive float mask added inside
     one batched matmul) and "matmul" (QK^T, then scale, then an out-of-place masked_fill).
     ``init`` "packed_xavier" is UniAD's: nn.MultiheadAttention draws one xavier-uniform 3D x D
