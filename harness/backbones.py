@@ -236,13 +236,13 @@ def load_strictly(model: nn.Module, state: dict[str, torch.Tensor], origin: str)
     model.load_state_dict({key: state[key] for key in wanted}, strict=True)
 
 
-def tensors_digest(module: nn.Module) -> str:
-    """A short content id of a module's parameters and buffers (keys, dtypes, shapes and bytes)."""
+def tensors_sha256(module: nn.Module) -> str:
+    """The sha256 (hex) of a module's parameters and buffers: keys, dtypes, shapes and bytes."""
     digest = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------- backbones
@@ -266,7 +266,7 @@ class FeatureBackbone(nn.Module):
         cfg = model.pretrained_cfg
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        self._weights_id: str | None = None
+        self._weights_sha256: str | None = None
         self.model.requires_grad_(False)
         super().train(False)
 
@@ -274,11 +274,16 @@ class FeatureBackbone(nn.Module):
         return super().train(False)  # frozen: batch-norm statistics must never update
 
     @property
+    def weights_sha256(self) -> str:
+        """The digest of the loaded weights (same weights, same digest, whatever the source)."""
+        if self._weights_sha256 is None:
+            self._weights_sha256 = tensors_sha256(self.model)
+        return self._weights_sha256
+
+    @property
     def weights_id(self) -> str:
-        """Content-derived id of the weights (same weights, same id, whatever the source)."""
-        if self._weights_id is None:
-            self._weights_id = tensors_digest(self.model)
-        return self._weights_id
+        """The short content id of the weights that keys the feature cache."""
+        return self.weights_sha256[:16]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(images))

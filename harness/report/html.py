@@ -123,14 +123,14 @@ def _gallery_items(row: LeaderboardRow, chosen: list[tuple[str, Prediction]]) ->
     for name, prediction in chosen:
         image = ground_truth = None
         sample = samples.get(prediction.sample_id)
-        size = prediction.map.shape
+        size = prediction.anomaly_map.shape
         if sample is not None:
             from harness.data import read_mask_stack, read_rgb
 
             image = read_rgb(sample.images["rgb"], size)
             ground_truth = read_mask_stack(sample, size).any(axis=0)
         title = f"{name}: {prediction.sample_id} (score {prediction.score:.3g})"
-        items.append(plots.GalleryItem(title, np.asarray(prediction.map), image, ground_truth))
+        items.append(plots.GalleryItem(title, np.asarray(prediction.anomaly_map), image, ground_truth))
     return items, note
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -72,3 +73,49 @@ def hardware() -> dict:
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+VECTOR_FLAGS = (  # the /proc/cpuinfo flags that decide which CPU kernels run
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve", "sve2",
+)
+
+
+def driver_command() -> str:
+    """The command line of this process, as a shell would take it back."""
+    return shlex.join(sys.argv)
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries of /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return {}
+    entries: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        entries[key.strip().lower()] = value.strip()
+    return entries
+
+
+def compute_environment() -> dict:
+    """CPU, GPU, library and thread settings of this process: the runs table's columns of those names."""
+    import torch
+
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("features") or "").split())
+    cuda = torch.cuda.is_available()
+    return {
+        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": " ".join(flag for flag in VECTOR_FLAGS if flag in flags),
+        "gpu_model": torch.cuda.get_device_name(torch.cuda.current_device()) if cuda else None,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "mkl_num_threads": os.environ.get("MKL_NUM_THREADS"),
+    }

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance columns, files_json; predictions carry run_id and anomaly_map
 
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
@@ -39,9 +39,11 @@ RUNS = pa.schema(
         pa.field("git_revision", pa.string()),
         pa.field("package_versions_json", pa.string()),
         pa.field("hardware_json", pa.string()),
-        pa.field("workers", pa.int32()),
+        pa.field("workers", pa.int32()),  # as configured: 0 runs the loop in the trial's own process
+        pa.field("workers_used", pa.int32()),  # processes that ran the loop (the Train world size)
         pa.field("device", pa.string()),
-        pa.field("backbone_weights", pa.string()),
+        pa.field("backbone_weights", pa.string()),  # the resolved source: packaged:..., file:..., hub:..., random
+        pa.field("backbone_weights_sha256", pa.string()),  # of the loaded state dict's keys, dtypes, shapes and bytes
         pa.field("epochs", pa.int32()),
         pa.field("final_train_loss", pa.float64()),
         pa.field("started_at", _UTC_TIME),
@@ -64,6 +66,20 @@ RUNS = pa.schema(
         pa.field("failure_reason", pa.string()),
         pa.field("metric_version", pa.string()),
         pa.field("harness_version", pa.string()),
+        pa.field("command_line", pa.string()),  # the driver's sys.argv
+        # What makes two machines compute different numbers (of the process that ran the loop's rank 0).
+        pa.field("cpu_model", pa.string()),
+        pa.field("cpu_capability", pa.string()),  # torch's kernel dispatch level: DEFAULT, AVX2, AVX512, ...
+        pa.field("cpu_flags", pa.string()),  # the vector instruction sets present, e.g. "avx avx2 fma avx512f"
+        pa.field("gpu_model", pa.string()),
+        pa.field("torch_version", pa.string()),
+        pa.field("cuda_version", pa.string()),
+        pa.field("cudnn_version", pa.string()),
+        pa.field("torch_threads", pa.int32()),
+        pa.field("torch_interop_threads", pa.int32()),
+        pa.field("omp_num_threads", pa.string()),  # the environment variables as set (null: unset)
+        pa.field("mkl_num_threads", pa.string()),
+        pa.field("files_json", pa.string()),  # table -> rows this run wrote; what makes it complete
         pa.field("schema_version", pa.int32()),
     ]
 )
@@ -121,6 +137,7 @@ TRIALS = pa.schema(
 
 PREDICTIONS = pa.schema(
     [
+        pa.field("run_id", pa.string()),  # null only in a worker's part before the run is recorded
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("class_name", pa.string()),
         pa.field("defect_type", pa.string()),
@@ -128,9 +145,11 @@ PREDICTIONS = pa.schema(
         pa.field("score", pa.float64()),
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
-        pa.field("map", pa.binary()),  # float16, row-major, height x width
+        pa.field("map_dtype", pa.string()),  # numpy dtype of the map bytes: float16
+        pa.field("anomaly_map", pa.binary()),  # row-major, height x width; read back with results.read_maps
     ]
 )
+LEGACY_PREDICTION_COLUMNS = {"map": "anomaly_map"}  # schema 1 named the map column "map"
 
 DETAIL_TABLES = {"metrics": METRICS, "sample_scores": SAMPLE_SCORES, "routing": ROUTING}
 TABLES = {"runs": RUNS, **DETAIL_TABLES, "trials": TRIALS}
