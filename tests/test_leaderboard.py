@@ -83,7 +83,7 @@ def populated(tmp_path_factory):
                    "label": s.label, "score": float(i)} for i, s in enumerate(test_samples)]
         store.write_run(TrialResult(run, metrics, scores, routing if mode == "softmax" else []), provenance=False)
         if mode == "softmax" and trial.seed == 0:
-            maps = [{**row, "map": np.full((16, 16), row["score"], dtype=np.float16)} for row in scores]
+            maps = [{**row, "anomaly_map": np.full((16, 16), row["score"], dtype=np.float16)} for row in scores]
             write_predictions(store.predictions_path(trial.run_id), maps)
     return store
 
@@ -205,3 +205,39 @@ def test_end_of_sweep_summary_prints_rows_and_writes_default_report(populated):
     assert sum(f"routing={mode} " in text for mode in PLAN) == 4
     assert f"HTML report: {path}" in text
     assert show_leaderboard_and_write_html(populated, "other", console) is None
+
+
+def test_damaged_and_foreign_files_are_named_and_left_out(populated, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    store = ResultStore(shutil.copytree(populated.root, tmp_path / "copy"))
+    board = build_leaderboard(store, sweep="routing")
+    damaged_id = board.row("routing=top1").complete_run_ids[0]
+    metrics_file = store.root / "metrics" / f"{damaged_id}.parquet"
+    metrics_file.write_bytes(metrics_file.read_bytes()[:64])
+    (store.root / "runs" / "notes.csv").write_text("a note\n")
+    pd.DataFrame({"x": [1]}).to_parquet(store.root / "runs" / "unrelated.parquet")
+
+    assert main(["leaderboard", str(store.root), "--sweep", "routing", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    for name in (metrics_file, store.root / "runs" / "notes.csv", store.root / "runs" / "unrelated.parquet"):
+        assert f"warning: left out {name}" in captured.err
+    rows = list(csv.DictReader(io.StringIO(captured.out)))
+    top1 = next(r for r in rows if r["configuration"] == "routing=top1" and r["class_name"] == "mean")
+    assert top1["seeds_complete"] == "1" and float(top1["i_auroc_mean"]) == pytest.approx(0.70)
+    assert "None" not in {r["run_ids"] for r in rows}
+    problems = build_leaderboard(store, sweep="routing").row("routing=top1").problems
+    assert problems == [f"seed 0 damaged, runs again in the next sweep: {metrics_file} (damaged): "
+                        f"{store.damaged_runs()[damaged_id][0].reason}"]
+
+
+def test_nothing_usable_left_is_a_clear_message(tmp_path, capsys):
+    store = ResultStore(tmp_path / "results")
+    store.write_run(TrialResult({"run_id": "r1", "config_json": {"method": "unilead", "seed": 0}, "seed": 0}), provenance=False)
+    runs_file = store.root / "runs" / "r1.parquet"
+    runs_file.write_bytes(runs_file.read_bytes()[:30])
+    assert main(["leaderboard", str(store.root)]) == 1
+    err = capsys.readouterr().err
+    assert f"warning: left out {runs_file} (damaged)" in err and "Nothing usable is left in" in err

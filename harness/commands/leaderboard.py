@@ -15,7 +15,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-
 import sys
 from pathlib import Path
 
@@ -57,6 +56,15 @@ def run(args) -> int:
         )
         return 1
     board = build_leaderboard(store, sweep=args.sweep, sort_metric=args.sort)
+    problems = store.problems()
+    for problem in problems:
+        errors.print(f"warning: left out {problem}", markup=False, highlight=False, soft_wrap=True)
+    if board.empty and problems and not store.runs().num_rows:
+        errors.print(
+            f"Nothing usable is left in {store.root}: every runs file is damaged or foreign (above).",
+            markup=False, soft_wrap=True,
+        )
+        return 1
     if board.empty:
         known = ", ".join(store.sweeps()) or "none"
         errors.print(f"No runs of sweep {args.sweep!r} in {store.root}; sweeps in this store: {known}.", markup=False)

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.report.reported import ReportedValue, reported_for
 from harness.results.schema import STATUS_COMPLETE, STATUS_FAILED
-from harness.results.store import ResultStore
+from harness.results.store import DAMAGED, ResultStore
 from harness.sweep.spec import format_value
 
 METRIC_ORDER = (
@@ -62,7 +62,7 @@ class MetricSummary:
 @dataclass(frozen=True)
 class Cell:
     seed: int
-    status: str  # complete | failed | missing
+    status: str  # complete | failed | missing | damaged
     run_id: str | None = None
     reason: str | None = None
 
@@ -110,6 +110,8 @@ class LeaderboardRow:
                 out.append(f"seed {c.seed} failed: {c.reason or 'no reason recorded'}")
             elif c.status == "missing":
                 out.append(f"seed {c.seed} missing")
+            elif c.status == DAMAGED:
+                out.append(f"seed {c.seed} damaged, runs again in the next sweep: {c.reason}")
         return out
 
 
@@ -147,12 +149,12 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
 
     configs: dict[str, dict] = {}
     order: dict[str, int] = {}
-    expected: dict[tuple[str, int], None] = {}
+    expected: dict[tuple[str, int], str | None] = {}  # cell -> the run id the sweep recorded for it
     for trial in sorted(trials, key=lambda t: (t["sweep"], t["trial_index"] or 0)):
         key = trial["configuration_key"]
         configs.setdefault(key, json.loads(trial["config_json"]))
         order.setdefault(key, len(order))
-        expected[(key, trial["seed"])] = None
+        expected[(key, trial["seed"])] = trial["run_id"]
 
     latest: dict[tuple[str, int], dict] = {}
     for run in runs:
@@ -163,12 +165,13 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
         configs.setdefault(key, config)
         order.setdefault(key, len(order))
         cell = (key, run["seed"])
-        expected[cell] = None
+        expected.setdefault(cell, run["run_id"])
         previous = latest.get(cell)
         if previous is None or _preference(run) > _preference(previous):
             latest[cell] = run
 
-    complete_ids = [r["run_id"] for r in latest.values() if r["status"] == STATUS_COMPLETE]
+    damaged = store.damaged_runs()
+    complete_ids = [r["run_id"] for r in latest.values() if r["status"] == STATUS_COMPLETE and r["run_id"] not in damaged]
     metric_rows = store.read("metrics", run_ids=complete_ids).to_pylist() if complete_ids else []
     routing_rows = store.read("routing", run_ids=complete_ids).to_pylist() if complete_ids else []
     values_by_run: dict[str, list[dict]] = {}
@@ -177,7 +180,7 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
 
     varying = _varying_keys(list(configs.values()))
     rows: dict[str, LeaderboardRow] = {}
-    for (key, seed) in expected:
+    for (key, seed), expected_id in expected.items():
         config = configs[key]
         if key not in rows:
             rows[key] = LeaderboardRow(
@@ -190,11 +193,7 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
                 method_config=dict(config.get("method_config") or {}),
                 order=order[key],
             )
-        run = latest.get((key, seed))
-        if run is None:
-            rows[key].cells.append(Cell(seed, "missing"))
-        else:
-            rows[key].cells.append(Cell(seed, run["status"], run["run_id"], run["failure_reason"]))
+        rows[key].cells.append(_cell(seed, latest.get((key, seed)), expected_id, damaged))
 
     runs_by_id = {r["run_id"]: r for r in latest.values()}
     classes: set[str] = set()
@@ -224,6 +223,16 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
         routing=routing_rows,
         sort_metric=sort_metric,
     )
+
+
+def _cell(seed: int, run: dict | None, expected_id: str | None, damaged: dict) -> Cell:
+    """A cell's state; a complete run with a damaged file (or an unreadable runs file) is damaged."""
+    run_id = run["run_id"] if run is not None else expected_id
+    if run_id in damaged and (run is None or run["status"] == STATUS_COMPLETE):
+        return Cell(seed, DAMAGED, run_id, "; ".join(str(problem) for problem in damaged[run_id]))
+    if run is None:
+        return Cell(seed, "missing")
+    return Cell(seed, run["status"], run["run_id"], run["failure_reason"])
 
 
 def _summarise_metrics(row: LeaderboardRow, per_run: list[list[dict]]) -> None:

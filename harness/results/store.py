@@ -15,6 +15,12 @@ detail files are written before its ``runs`` row: a crash in between leaves deta
 a row, which ``read`` ignores and ``remove_orphans`` deletes. Rewriting a run id replaces its
 files (the latest attempt wins), so a failed-then-completed run is one row, never two.
 
+A run is complete only when its ``runs`` row says so and every file it wrote (``files_json``:
+table -> rows) reads back with its table's schema and row count. A damaged file (truncated,
+unreadable) makes its run incomplete, so the next sweep runs it again; a file that is not the
+store's (a stray CSV, a Parquet file without the table's columns) is ignored. Both are listed by
+``problems()``; reading never deletes anything.
+
 Plain readers work too: ``pd.read_parquet("results/metrics")``, ``pyarrow.dataset``, or duckdb's
 ``read_parquet('results/metrics/*.parquet')`` (hidden temporary files are skipped by all three).
 """
@@ -25,17 +31,19 @@ import json
 import math
 import os
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pa_compute
-import pyarrow.dataset as pa_dataset
 import pyarrow.parquet as pq
 
 from harness.results.schema import (
     DETAIL_TABLES,
+    LEGACY_PREDICTION_COLUMNS,
+    PREDICTIONS,
     RUNS,
     SCHEMA_VERSION,
     STATUS_COMPLETE,
@@ -55,11 +63,33 @@ class ResultSchemaError(ValueError):
     """A row that does not fit its table's schema; the message names the table, row and column."""
 
 
+DAMAGED = "damaged"  # one of the store's own files that does not read back: its run runs again
+FOREIGN = "foreign"  # a file that is not the store's: ignored
+_FILE_TABLES = {**TABLES, "predictions": PREDICTIONS}
+_OWNER_COLUMN = {"trials": "sweep"}  # the column naming a file's stem; run_id elsewhere
+_MAP_BYTES = {"anomaly_map", *LEGACY_PREDICTION_COLUMNS}  # never read to check a file
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """A file the store cannot use, and why."""
+
+    path: Path
+    kind: str  # DAMAGED or FOREIGN
+    reason: str
+    run_id: str | None = None  # the run a damaged file belongs to
+
+    def __str__(self) -> str:
+        what = "damaged" if self.kind == DAMAGED else "not a result file, ignored"
+        return f"{self.path} ({what}): {self.reason}"
+
+
 class ResultStore:
     """A result store rooted at a directory (created on first write)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
+        self._loaded: dict[Path, tuple[tuple, str, pa.Table | StoreProblem]] = {}  # path -> (stat, table, content)
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.root)!r})"
@@ -71,11 +101,12 @@ class ResultStore:
         run = self._complete_run_row(result.run, provenance)
         run_id = run["run_id"]
         # Every table is built (and so validated) before the first file is written.
-        runs_table = rows_to_table([run], RUNS, "runs")
         details = {}
         for table in DETAIL_TABLES:
             rows = [self._detail_row(table, row, run) for row in getattr(result, table)]
             details[table] = rows_to_table(rows, DETAIL_TABLES[table], table) if rows else None
+        run["files_json"] = to_json(self._files_of(run_id, details))
+        runs_table = rows_to_table([run], RUNS, "runs")
         for table, arrow_table in details.items():
             path = self._file(table, run_id)
             if arrow_table is not None:
@@ -128,15 +159,14 @@ class ResultStore:
     # ------------------------------------------------------------ reading
 
     def read(self, table: str, run_ids: Iterable[str] | None = None) -> pa.Table:
-        """All rows of a table. Detail rows count only for runs whose runs row says complete."""
+        """All usable rows of a table. Detail rows count only for runs that are complete and intact."""
         if table not in TABLES:
             raise KeyError(f"unknown result table {table!r}; the store has {', '.join(TABLES)}")
-        schema = TABLES[table]
         wanted = set(run_ids) if run_ids is not None else None
         if table in DETAIL_TABLES:
             complete = self.completed_run_ids()
             wanted = complete if wanted is None else wanted & complete
-        result = _read_directory(self.root / table, schema)
+        result = self._read_table(table)
         if wanted is not None and table != "trials":
             result = result.filter(pa_compute.is_in(result["run_id"], pa.array(sorted(wanted), pa.string())))
         return result
@@ -145,10 +175,31 @@ class ResultStore:
         return self.read("runs")
 
     def completed_run_ids(self) -> set[str]:
-        return self._run_ids_with_status(STATUS_COMPLETE)
+        """Runs whose runs row says complete and whose every file reads back as written."""
+        damaged = self.damaged_runs()
+        return self._run_ids_with_status(STATUS_COMPLETE) - set(damaged)
 
     def failed_run_ids(self) -> set[str]:
         return self._run_ids_with_status(STATUS_FAILED)
+
+    def damaged_runs(self) -> dict[str, list[StoreProblem]]:
+        """run_id -> the problems of its files, for every run a sweep must run again to repair."""
+        damaged: dict[str, list[StoreProblem]] = {}
+        for row in self._read_table("runs").to_pylist():
+            if row["status"] == STATUS_COMPLETE:
+                for problem in self._damage(row):
+                    damaged.setdefault(row["run_id"], []).append(problem)
+        for problem in self.problems():
+            if problem.kind == DAMAGED and problem.path.parent.name == "runs":
+                damaged.setdefault(problem.run_id, []).append(problem)
+        return damaged
+
+    def problems(self) -> list[StoreProblem]:
+        """Every damaged or foreign file that the reads so far met and that is still there, by path."""
+        for path in [path for path in self._loaded if not path.exists()]:
+            del self._loaded[path]
+        found = [self._load(table, path) for path, (_, table, _) in list(self._loaded.items())]
+        return sorted((f for f in found if isinstance(f, StoreProblem)), key=lambda problem: str(problem.path))
 
     def sweeps(self) -> list[str]:
         """Sweep names seen in the runs table or in recorded trial lists."""
@@ -182,8 +233,60 @@ class ResultStore:
         return self.root / table / f"{name}.parquet"
 
     def _run_ids_with_status(self, status: str) -> set[str]:
-        runs = _read_directory(self.root / "runs", RUNS, columns=["run_id", "status"])
+        runs = self._read_table("runs")
         return {rid for rid, st in zip(runs["run_id"].to_pylist(), runs["status"].to_pylist()) if st == status}
+
+    def _files_of(self, run_id: str, details: dict[str, pa.Table | None]) -> dict[str, int]:
+        """table -> rows of every file this run has written, predictions included."""
+        files = {table: data.num_rows for table, data in details.items() if data is not None}
+        predictions = self.predictions_path(run_id)
+        if predictions.exists():
+            with pq.ParquetFile(predictions) as parquet:
+                files["predictions"] = parquet.metadata.num_rows
+        return files
+
+    def _damage(self, run: dict) -> list[StoreProblem]:
+        """What is wrong with the files of a complete run (nothing, for an intact one)."""
+        run_id = run["run_id"]
+        if run.get("files_json"):
+            expected = json.loads(run["files_json"])
+        else:  # written before runs rows listed their files: every file there must read back
+            expected = {table: None for table in (*DETAIL_TABLES, "predictions") if self._path(table, run_id).exists()}
+        problems = []
+        for table, rows in expected.items():
+            path = self._path(table, run_id)
+            if not path.exists():
+                problems.append(StoreProblem(path, DAMAGED, f"missing; the run wrote {rows} rows here", run_id))
+                continue
+            loaded = self._load(table, path)
+            if isinstance(loaded, StoreProblem):
+                problems.append(loaded)
+            elif rows is not None and loaded.num_rows != rows:
+                problems.append(StoreProblem(path, DAMAGED, f"{loaded.num_rows} rows; the run wrote {rows}", run_id))
+        return problems
+
+    def _path(self, table: str, run_id: str) -> Path:
+        return self.predictions_path(run_id) if table == "predictions" else self._file(table, run_id)
+
+    def _read_table(self, table: str) -> pa.Table:
+        """The usable files of a table, concatenated; damaged and foreign files are left out."""
+        schema = TABLES[table]
+        directory = self.root / table
+        paths = sorted(p for p in directory.iterdir() if not p.name.startswith(".")) if directory.is_dir() else []
+        parts = [loaded for loaded in (self._load(table, path) for path in paths) if isinstance(loaded, pa.Table)]
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def _load(self, table: str, path: Path) -> pa.Table | StoreProblem:
+        """One file of a table under today's schema, or the problem with it (remembered until it changes)."""
+        try:
+            stat = path.stat()
+        except OSError as error:
+            return StoreProblem(path, DAMAGED, f"cannot be read ({error.strerror})", path.stem)
+        version = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        remembered = self._loaded.get(path)
+        if remembered is None or remembered[0] != version:
+            remembered = self._loaded[path] = (version, table, _load_file(table, path))
+        return remembered[2]
 
     def _complete_run_row(self, run: dict, provenance: bool) -> dict:
         import harness
@@ -209,6 +312,8 @@ class ResultStore:
                 row["package_versions_json"] = to_json(prov.package_versions())
             if "hardware_json" not in row:
                 row["hardware_json"] = to_json(prov.hardware())
+            if "torch_version" not in row:  # a failure: the trial's process, not the loop's, is known
+                row.update(prov.compute_environment())
         row.setdefault("finished_at", datetime.now(timezone.utc))
         row.setdefault("harness_version", harness.__version__)
         row["schema_version"] = SCHEMA_VERSION
@@ -290,10 +395,32 @@ def atomic_write_table(table: pa.Table, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _read_directory(directory: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    if not directory.is_dir() or not any(directory.glob("[!.]*.parquet")):
-        empty = schema.empty_table()
-        return empty.select(columns) if columns else empty
-    # Files written under an older schema lack newer columns; the dataset fills them with nulls.
-    dataset = pa_dataset.dataset(str(directory), schema=schema, format="parquet", ignore_prefixes=[".", "_"])
-    return dataset.to_table(columns=columns)
+def _load_file(table: str, path: Path) -> pa.Table | StoreProblem:
+    """A file conformed to its table's schema (map bytes left unread), or why it cannot be used."""
+    if path.is_dir() or path.suffix != ".parquet":
+        return StoreProblem(path, FOREIGN, f"the {table} table holds only <name>.parquet files")
+    try:
+        with pq.ParquetFile(path) as parquet:
+            data = parquet.read(columns=[name for name in parquet.schema_arrow.names if name not in _MAP_BYTES])
+    except (OSError, pa.ArrowException) as error:
+        return StoreProblem(path, DAMAGED, f"cannot be read as Parquet ({error})", path.stem)
+    return _conform(table, path, data)
+
+
+def _conform(table: str, path: Path, data: pa.Table) -> pa.Table | StoreProblem:
+    """Today's columns in today's order and types; columns older files lack are null."""
+    schema = _FILE_TABLES[table]
+    columns = []
+    for field in schema:
+        present = field.name in data.column_names
+        if not field.nullable and (not present or data[field.name].null_count):
+            return StoreProblem(path, FOREIGN, f"no {field.name!r} in every row, so not a {table} file of this store")
+        try:
+            columns.append(data[field.name].cast(field.type) if present else pa.nulls(data.num_rows, field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return StoreProblem(path, FOREIGN, f"column {field.name!r} is {data[field.name].type}, not {field.type}")
+    conformed = pa.Table.from_arrays(columns, schema=schema)
+    owners = set(conformed[_OWNER_COLUMN.get(table, "run_id")].drop_null().to_pylist())
+    if owners - {path.stem}:
+        return StoreProblem(path, FOREIGN, f"its rows belong to {sorted(owners)[:3]}, not to {path.stem!r}")
+    return conformed
