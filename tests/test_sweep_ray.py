@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from harness.data.fixtures import write_fixture
+from harness.results.predictions import read_maps
 from harness.results.store import ResultStore
 from ray_sweeps import (
     descendant_processes,
@@ -103,13 +104,13 @@ def test_a_trial_the_cluster_cannot_place_is_an_error_not_a_hang(local_ray, fixt
     assert ResultStore(tmp_path / "results").completed_run_ids() == set()
 
 
-def test_resume_runs_only_missing_cells_and_a_diverging_cell_fails_alone(local_ray, fixture_root, tmp_path):
+def test_resume_runs_only_missing_cells_and_a_diverging_cell_fails_alone(local_ray, fixture_root, tmp_path, capsys):
     results = tmp_path / "results"
     path = write_sweep(
         tmp_path, data_root=fixture_root, results=results, name="faults",
         axes={"method_config.routing": {"grid": ["softmax", "first"]}, "method_config.jitter_scale": {"grid": [20.0, 1e30]}},
     )
-    assert run_sweep_file(path) == 0
+    assert run_sweep_file(path) == 1  # two cells failed
     first = runs_by_id(results)
     assert len(first) == 4
     failed = {rid for rid, row in first.items() if row["status"] == "failed"}
@@ -127,7 +128,10 @@ def test_resume_runs_only_missing_cells_and_a_diverging_cell_fails_alone(local_r
     (results / "runs" / f".{lost}.parquet.0badc0de.tmp").write_bytes(b"PAR1 half a file")
     experiments_before = set((results / "ray").glob("faults-*"))
     time.sleep(1.1)  # experiment folders are named by the second they start
-    assert run_sweep_file(path) == 0
+    capsys.readouterr()
+    assert run_sweep_file(path) == 1
+    said = capsys.readouterr().out
+    assert said.count("failed: TrainingDiverged: non-finite loss") == 2 and "To resume, run the same command again" in said
 
     second = runs_by_id(results)
     assert set(second) == set(first)
@@ -147,7 +151,7 @@ def _checkpoint_epochs(train_folder: Path) -> list[int]:
         if (checkpoint / "outcome.json").exists():
             continue
         try:
-            epochs.append(torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=False)["epoch"])
+            epochs.append(torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)["epoch"])
         except (OSError, RuntimeError, EOFError):
             continue  # an upload the kill cut short; Ray never registered it
     return sorted(epochs)
@@ -193,6 +197,55 @@ def test_killed_worker_resumes_from_checkpoint_and_two_workers_match_one(local_r
 
     one_worker_results, _ = one_worker_run
     (one_id, one_row), = runs_by_id(one_worker_results).items()
-    assert one_id == run_id and one_row["workers"] == 1
-    assert metric_values(results, run_id) == metric_values(one_worker_results, run_id)  # exact equality
-    assert sample_score_values(results, run_id) == sample_score_values(one_worker_results, run_id)
+    assert one_id == run_id and one_row["workers"] == one_row["workers_used"] == 1 and row["workers_used"] == 2
+    assert_same_per_sample_outputs(results, one_worker_results, run_id)
+
+
+def assert_same_per_sample_outputs(results: Path, reference: Path, run_id: str) -> None:
+    """Exact equality: metrics, every sample's score, and every map's bytes."""
+    assert metric_values(results, run_id) == metric_values(reference, run_id)
+    assert sample_score_values(results, run_id) == sample_score_values(reference, run_id)
+    maps, expected = read_maps(results, run_id), read_maps(reference, run_id)
+    assert sorted(maps) == sorted(expected)
+    assert all(maps[sample].tobytes() == expected[sample].tobytes() for sample in expected)
+
+
+def test_three_workers_score_and_map_every_sample_as_one(local_ray, fixture_root, tmp_path, one_worker_run):
+    results = tmp_path / "results"
+    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="frozen", method_config=FROZEN, workers=3)
+    assert run_sweep_file(path) == 0
+    (run_id, row), = runs_by_id(results).items()
+    assert row["status"] == "complete" and row["workers"] == row["workers_used"] == 3, row.get("failure_reason")
+    assert_same_per_sample_outputs(results, one_worker_run[0], run_id)
+
+
+def test_runs_rows_say_where_and_how_the_cell_ran(one_worker_run):
+    (row,) = runs_by_id(one_worker_run[0]).values()
+    assert row["started_at"] is not None and row["started_at"] <= row["finished_at"]
+    assert row["command_line"].endswith("sweep " + str(one_worker_run[0].parent / "frozen.yaml"))
+    assert row["backbone_weights"].startswith("packaged:") and len(row["backbone_weights_sha256"]) == 64
+    assert row["torch_version"] == torch.__version__ and row["cpu_capability"] and row["torch_threads"] >= 1
+
+
+def test_ctrl_c_names_the_missing_cell_and_exits_130(fixture_root, tmp_path, feature_cache):
+    results = tmp_path / "results"
+    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="long", method_config={"epochs": 10_000}, workers=1)
+    env = {key: value for key, value in {**os.environ, **private_ray_environ(), "COLUMNS": "200"}.items() if value is not None}
+    with open(tmp_path / "output.txt", "w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(path)], env=env, stdout=output,
+                                   stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            deadline = time.time() + 240
+            while not list((results / "ray").glob("train-*/checkpoint_*/model.pt")) and time.time() < deadline:
+                assert process.poll() is None, (tmp_path / "output.txt").read_text()[-3000:]
+                time.sleep(0.2)
+            process.send_signal(signal.SIGINT)  # the sweep is training: an epoch checkpoint exists
+            returncode = process.wait(timeout=120)
+        finally:
+            process.kill()
+    said = (tmp_path / "output.txt").read_text()
+    assert returncode == 130, said[-3000:]
+    (trial,) = ResultStore(results).read("trials").to_pylist()
+    assert "sweep interrupted: 0 of 1 cells complete" in said
+    assert f"{trial['label']} ({trial['run_id']}): missing" in said
+    assert f"To resume, run the same command again: harness sweep {path}" in said

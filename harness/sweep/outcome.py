@@ -30,23 +30,33 @@ def record_outcome(store, cell: dict, outcome) -> str:
     """Predictions first, then the detail tables, then the runs row that marks the run complete."""
     run_id = cell["run_id"]
     config = cell["config"]
-    with PredictionWriter(store.predictions_path(run_id)) as writer:
+    with PredictionWriter(store.predictions_path(run_id), run_id=run_id) as writer:
         for prediction in read_predictions(outcome.checkpoint_dir / "predictions"):
             writer.add(prediction)
     run = {
         **outcome.run,
+        **cell_columns(cell),
         "run_id": run_id,
         "status": "complete",
-        "sweep": cell.get("sweep"),
-        "label": cell.get("label"),
-        "axes_json": cell.get("axes", {}),
         "config_json": config,
         "method_config_json": json.loads(outcome.run["method_config_json"]),
         **efficiency_columns(config["method"], config.get("preset", "cpu"), config.get("method_config") or {}),
     }
-    if "started_at" in cell:
-        run["started_at"] = datetime.fromtimestamp(cell["started_at"], timezone.utc)
     return store.write_run(TrialResult(run, outcome.metrics, outcome.sample_scores, outcome.routing))
+
+
+def cell_columns(cell: dict) -> dict:
+    """The runs columns the driver knows: sweep, label, axes, workers as configured, its command line, start."""
+    columns = {
+        "sweep": cell.get("sweep"),
+        "label": cell.get("label"),
+        "axes_json": cell.get("axes", {}),
+        "workers": int(cell["scaling"]["workers"]) if "scaling" in cell else None,
+        "command_line": cell.get("command_line"),
+    }
+    if "started_at" in cell:
+        columns["started_at"] = datetime.fromtimestamp(cell["started_at"], timezone.utc)
+    return columns
 
 
 def remove_stale_temporaries(store, run_id: str) -> list:
@@ -70,7 +80,5 @@ def record_failure(store, cell: dict, reason: str, details: str = "") -> str:
         cell["run_id"],
         config,
         reason if not tail else f"{reason}\n" + "\n".join(tail),
-        sweep=cell.get("sweep"),
-        label=cell.get("label"),
-        axes_json=cell.get("axes", {}),
+        **cell_columns(cell),
     )

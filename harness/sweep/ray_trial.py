@@ -10,6 +10,7 @@ on storage every node can reach (see the README's cluster section).
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def sweep_cell(params: dict) -> None:
     from harness.sweep.outcome import record_failure, record_outcome, remove_stale_temporaries
     from harness.training.loop import TrainingOutcome, run_training
 
-    cell = params["cell"]
+    cell = {**params["cell"], "started_at": time.time()}
     # The trial process inherits its node's environment, not the driver's: bring the driver's cache
     # locations (HARNESS_CACHE, HARNESS_FEATURE_CACHE) here too, as Train workers get them.
     os.environ.update(cell.get("worker_env", {}))

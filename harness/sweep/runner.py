@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,9 @@ RAY_QUIET_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Ctrl-C raises KeyboardInterrupt in the driver (Tune would end fit() as if done), so the sweep
+    # can name the unfinished cells and exit 130.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 
@@ -103,71 +108,124 @@ def _resolve_use_gpu(use_gpu) -> bool:
 
 
 def run_sweep(spec, args) -> int:
-    """Run every cell of the sweep that the result store does not already hold as complete."""
+    """Run every cell of the sweep that the result store does not already hold as complete.
+
+    Returns 0 when every cell is complete, 1 when any failed or is missing, 130 when interrupted.
+    """
+    from harness.report.final import show_leaderboard_and_write_html
     from harness.results.store import ResultStore
-    from harness.sweep.live_view import SweepLiveView
     from harness.sweep.run_id import resolve_run_ids
 
     console = Console()
     results = Path(getattr(args, "results", None) or spec.results).expanduser().resolve()
     store = ResultStore(results)
     trials = spec.trials()
-    with console.status("indexing the dataset to fix the run ids"):
-        resolve_run_ids(trials)
-    store.write_trials(spec.name, trials)
+    try:
+        with console.status("indexing the dataset to fix the run ids"):
+            resolve_run_ids(trials)
+        store.write_trials(spec.name, trials)
+        pending = pending_trials(store, trials)
+        say_plan(console, spec.name, results, trials, pending, store)
+        if pending:
+            _run_pending(spec, args, store, pending, console)
+        show_leaderboard_and_write_html(store, spec.name, console)
+    except KeyboardInterrupt:
+        return say_unfinished(console, store, trials, interrupted=True)
+    return say_unfinished(console, store, trials, interrupted=False)
+
+
+def pending_trials(store, trials: list) -> list:
+    """The trials to run: every one whose cell is not complete and intact in the store."""
     done = store.completed_run_ids()
-    pending = [t for t in trials if t.run_id not in done]
+    return [t for t in trials if t.run_id not in done]
+
+
+def say_plan(console: Console, name: str, results: Path, trials: list, pending: list, store) -> None:
     console.print(
-        f"sweep [bold]{spec.name}[/bold]: {len(trials)} cells, {len(trials) - len(pending)} already complete in "
+        f"sweep [bold]{name}[/bold]: {len(trials)} cells, {len(trials) - len(pending)} already complete in "
         f"{results}, {len(pending)} to run"
     )
-    if pending:
-        scaling = spec.scaling
-        threads = int(float((scaling.resources_per_worker or {}).get("CPU", 1)))
-        concurrent = spec.tune.max_concurrent_trials or 1
-        per_trial_cpus, _ = trial_footprint(scaling.workers, threads, scaling.resources_per_worker, False)
-        # A local cluster gets enough logical CPUs for the trials to be scheduled at all.
-        connect(getattr(args, "address", None), num_cpus=max(os.cpu_count() or 1, math.ceil(concurrent * per_trial_cpus)))
-        use_gpu = _resolve_use_gpu(scaling.use_gpu)
-        check_fits(*trial_footprint(scaling.workers, threads, scaling.resources_per_worker, use_gpu), scaling)
-        cells = [
-            {
-                "run_id": t.run_id,
-                "label": t.label,
-                "axes": t.axes,
-                "config": t.config,
-                "sweep": spec.name,
-                "results": str(results),
-                "storage_path": str(results / "ray"),
-                "threads": threads,
-                "scaling": {
-                    "workers": scaling.workers,
-                    "use_gpu": use_gpu,
-                    "resources_per_worker": dict(scaling.resources_per_worker or {}),
-                },
-                "worker_env": {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "RAY_TRAIN_"))},
-            }
-            for t in pending
-        ]
-        view = SweepLiveView({t.run_id: t.label for t in pending}, console)
-        try:
-            run_cells(
-                cells,
-                name=spec.name,
-                storage_path=results / "ray",
-                max_concurrent=spec.tune.max_concurrent_trials,  # None: as many as the resources allow
-                scheduler=_scheduler(spec.tune.asha),
-                view=view,
-            )
-        finally:
-            view.close()
-    from harness.report.final import show_leaderboard_and_write_html
+    damaged = store.damaged_runs()
+    for trial in pending:
+        for problem in damaged.get(trial.run_id, []):
+            console.print(f"  {trial.label} ({trial.run_id}) runs again: {problem}", style="yellow", markup=False, soft_wrap=True)
 
-    show_leaderboard_and_write_html(store, spec.name, console)
-    failed = store.failed_run_ids() & {t.run_id for t in trials}
-    if failed:
-        console.print(f"[yellow]{len(failed)} cell(s) failed[/yellow]; their reasons are in the leaderboard and in {results / 'runs'}")
-    return 0
+
+def _run_pending(spec, args, store, pending: list, console: Console) -> None:
+    from harness.results.provenance import driver_command
+    from harness.sweep.live_view import SweepLiveView
+
+    scaling = spec.scaling
+    threads = int(float((scaling.resources_per_worker or {}).get("CPU", 1)))
+    concurrent = spec.tune.max_concurrent_trials or 1
+    per_trial_cpus, _ = trial_footprint(scaling.workers, threads, scaling.resources_per_worker, False)
+    # A local cluster gets enough logical CPUs for the trials to be scheduled at all.
+    connect(getattr(args, "address", None), num_cpus=max(os.cpu_count() or 1, math.ceil(concurrent * per_trial_cpus)))
+    use_gpu = _resolve_use_gpu(scaling.use_gpu)
+    check_fits(*trial_footprint(scaling.workers, threads, scaling.resources_per_worker, use_gpu), scaling)
+    command_line = driver_command()
+    cells = [
+        {
+            "run_id": t.run_id,
+            "label": t.label,
+            "axes": t.axes,
+            "config": t.config,
+            "sweep": spec.name,
+            "results": str(store.root),
+            "storage_path": str(store.root / "ray"),
+            "threads": threads,
+            "command_line": command_line,
+            "scaling": {
+                "workers": scaling.workers,
+                "use_gpu": use_gpu,
+                "resources_per_worker": dict(scaling.resources_per_worker or {}),
+            },
+            "worker_env": {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "RAY_TRAIN_"))},
+        }
+        for t in pending
+    ]
+    view = SweepLiveView({t.run_id: t.label for t in pending}, console)
+    try:
+        run_cells(
+            cells,
+            name=spec.name,
+            storage_path=store.root / "ray",
+            max_concurrent=spec.tune.max_concurrent_trials,  # None: as many as the resources allow
+            scheduler=_scheduler(spec.tune.asha),
+            view=view,
+        )
+    finally:
+        view.close()
+
+
+UNFINISHED_LISTED = 20
+
+
+def say_unfinished(console: Console, store, trials: list, *, interrupted: bool) -> int:
+    """Name the cells that failed or are missing and how to resume; the sweep's exit status."""
+    complete = store.completed_run_ids()
+    reasons = {row["run_id"]: row["failure_reason"] for row in store.runs().to_pylist() if row["status"] == "failed"}
+    unfinished = [t for t in trials if t.run_id is None or t.run_id not in complete]
+    if not unfinished and not interrupted:
+        return 0
+    headline = "sweep interrupted" if interrupted else "sweep finished with cells not complete"
+    console.print(f"[yellow]{headline}[/yellow]: {len(trials) - len(unfinished)} of {len(trials)} cells complete")
+    for trial in unfinished[:UNFINISHED_LISTED]:
+        reason = reasons.get(trial.run_id)
+        state = f"failed: {reason.splitlines()[0]}" if reason else "missing"
+        console.print(
+            f"  {trial.label} ({trial.run_id or 'run id not resolved'}): {state}", markup=False, highlight=False, soft_wrap=True
+        )
+    if len(unfinished) > UNFINISHED_LISTED:
+        console.print(f"  ... and {len(unfinished) - UNFINISHED_LISTED} more (harness leaderboard {store.root} lists them all)", markup=False)
+    console.print(f"To resume, run the same command again: {resume_command()}", markup=False, highlight=False, soft_wrap=True)
+    console.print("Complete cells are skipped; failed and missing cells run again.", markup=False)
+    return 130 if interrupted else 1
+
+
+def resume_command() -> str:
+    arguments = sys.argv[1:]
+    return shlex.join(["harness", *arguments]) if arguments[:1] == ["sweep"] else "the same `harness sweep ...` command"
 
 
 def _scheduler(asha):
