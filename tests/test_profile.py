@@ -85,7 +85,7 @@ def test_cli_bottlenecks_row_prints_ours_beside_the_paper(capsys):
 
 def test_cli_errors_and_list(capsys):
     assert main(["profile", "--method", "unilead", "--set", "not_a_key=1", "--no-backbone"]) == 2
-    assert "not_a_key" in capsys.readouterr().out
+    assert "not_a_key" in capsys.readouterr().err
     assert main(["profile", "--list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert {"uniad", "moead", "unilead"} <= {row["method"] for row in listing["available"]}

@@ -19,3 +19,19 @@ def method_overrides(pairs: list[str]) -> dict:
     from harness.config import parse_assignment
 
     return dict(parse_assignment(text) for text in pairs)
+
+
+_OPTIONS = {"method": "--method", "preset": "--preset", "dataset": "--dataset", "data_root": "--data-root",
+            "classes": "--classes", "expect": "--expect", "seed": "--seed"}
+
+
+def option_name(key: str) -> str:
+    """The command-line option that sets a trial config key: ``method_config.epochs`` -> ``--set epochs``."""
+    if key.startswith("method_config."):
+        return f"--set {key.split('.', 1)[1]}"
+    return _OPTIONS.get(key, key)
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; None stays None."""
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None

@@ -19,8 +19,9 @@ Examples:
 from __future__ import annotations
 
 import json
+import sys
 
-from harness.commands._options import add_method_set_option, method_overrides
+from harness.commands._options import add_method_set_option, method_overrides, option_name
 
 NAME = "profile"
 HELP = "parameter and FLOP counts of a method (common-counter and true conventions)"
@@ -38,19 +39,25 @@ def add_arguments(parser) -> None:
 
 
 def _overrides(args) -> dict:
+    """--set and --bottlenecks as method config overrides, checked against the method's schema."""
+    from harness.config import ConfigError, ConfigProblems, renamed
+    from harness.training.trial_config import method_issues
+
     overrides = method_overrides(args.overrides)
     if args.bottlenecks:
         try:
             overrides["bottlenecks"] = [int(w) for w in args.bottlenecks.split(",") if w.strip()]
         except ValueError:
-            raise SystemExit(f"--bottlenecks expects comma-separated integers such as 16,32; got {args.bottlenecks!r}") from None
+            raise ConfigError(f"--bottlenecks expects comma-separated integers such as 16,32; got {args.bottlenecks!r}") from None
+    issues = method_issues(args.method, args.preset, overrides)
+    if issues:
+        raise ConfigProblems("harness profile", renamed(issues, option_name))
     return overrides
 
 
 def run(args) -> int:
     from rich.console import Console
 
-    import methods
     from harness import profiling
     from harness.config import ConfigError
 
@@ -67,13 +74,13 @@ def run(args) -> int:
     if not args.method:
         console.print("[red]--method is required[/red] (or use --list / --table4); e.g. harness profile --method unilead")
         return 2
+    if args.bottlenecks and args.method != "unilead":
+        raise ConfigError("--bottlenecks applies to --method unilead only")
+    overrides = _overrides(args)  # user errors reach harness.cli: one message, exit 2
     try:
-        overrides = _overrides(args)
-        if "bottlenecks" in overrides and args.method != "unilead":
-            raise ConfigError("--bottlenecks applies to --method unilead only")
         profile = profiling.profile_method(args.method, args.preset, overrides, with_backbone=not args.no_backbone)
-    except (methods.MethodError, ConfigError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except ValueError as exc:  # a valid config the graph cannot take, e.g. a window as wide as the token grid
+        print(f"harness profile: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(profile, indent=2))

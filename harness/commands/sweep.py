@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.commands._options import add_method_set_option
+from harness.commands._options import add_method_set_option, comma_list
 
 NAME = "sweep"
 HELP = "run (or --dry-run) a sweep file on Ray Tune; results go to the result store"
@@ -64,7 +64,7 @@ def load_spec_from_args(args):
         "dataset": args.dataset,
         "data_root": args.data_root,
         "preset": args.preset,
-        "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        "classes": comma_list(args.classes),
         "results": args.results,
     }
     assignments = [f"method_config.{text}" for text in args.method_sets] + list(args.overrides)
@@ -94,7 +94,22 @@ def run(args) -> int:
             raise
         Console(stderr=True).print("This installation has no sweep runner yet (harness.sweep.runner); use --dry-run.")
         return 2
+    check_sweep_datasets(spec, console)
     return int(run_sweep(spec, args) or 0)
+
+
+def check_sweep_datasets(spec, console) -> None:
+    """The pre-training dataset checks, once per distinct dataset of the sweep, in the driver before Ray starts."""
+    from harness.data.verify import check_trial_dataset
+
+    seen = set()
+    for trial in spec.trials():
+        c = trial.config
+        key = repr((c["dataset"], c.get("data_root"), c.get("classes"), c.get("expect")))
+        if key not in seen:
+            seen.add(key)
+            with console.status(f"checking dataset {c['dataset']}"):
+                check_trial_dataset(c["dataset"], c.get("data_root"), classes=c.get("classes"), expected=c.get("expect"))
 
 
 def print_dry_run(spec, console, resolve_ids: bool = False) -> int:

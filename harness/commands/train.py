@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from harness.commands._options import add_method_set_option, method_overrides
+from harness.commands._options import add_method_set_option, comma_list, method_overrides, option_name
 
 NAME = "train"
 HELP = "train and evaluate one method in this process"
@@ -50,30 +50,37 @@ def torch_threads(requested: int | None) -> int:
     return threads
 
 
-def run(args) -> int:
-    from rich.console import Console
+def trial_from_args(args) -> dict:
+    """The trial config the command line asks for, validated (every problem at once, named by option)."""
+    from harness.training.trial_config import check_trial
 
-    from harness.config import ConfigError
-    from harness.training.loop import TrainingDiverged, run_training
-    from harness.training.progress import TrainingProgress
-
-    console = Console(stderr=True)
-    torch_threads(args.threads)
-    try:
-        overrides = method_overrides(args.overrides)
-    except ConfigError as error:
-        console.print(f"[red]{error}[/red]")
-        return 2
     config = {
         "method": args.method,
         "preset": args.preset,
         "dataset": args.dataset,
         "data_root": args.data_root,
-        "classes": args.classes.split(",") if args.classes else None,
+        "classes": comma_list(args.classes),
         "expect": args.expect,
         "seed": args.seed,
-        "method_config": overrides,
+        "method_config": method_overrides(args.overrides),
     }
+    check_trial(config, "harness train", name_of=option_name)
+    return config
+
+
+def run(args) -> int:
+    """Validate the options, check the dataset, then train; user errors reach harness.cli as one message."""
+    from rich.console import Console
+
+    from harness.data.verify import check_trial_dataset
+    from harness.training.loop import TrainingDiverged, run_training
+    from harness.training.progress import TrainingProgress
+
+    console = Console(stderr=True)
+    config = trial_from_args(args)
+    torch_threads(args.threads)
+    with console.status("checking the dataset"):
+        check_trial_dataset(config["dataset"], config["data_root"], classes=config["classes"], expected=config["expect"])
     try:
         with TrainingProgress(console) as progress:
             outcome = run_training(config, on_progress=progress.update, use_feature_cache=not args.no_feature_cache, output_dir=args.output)
