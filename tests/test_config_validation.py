@@ -112,3 +112,12 @@ def test_yaml_reads_scientific_notation_as_a_number(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"lr": "placeholder"}).replace("placeholder", "1e-3"))
     assert load_yaml(path) == {"lr": 0.001}
+
+
+def test_dataset_cards_reject_duplicate_keys_too(tmp_path):
+    from harness.data.cards import CardError, load_card
+
+    path = tmp_path / "card.yaml"
+    path.write_text("name: x\nlayout: mvtec_ad\nclasses:\n  a: {}\n  a: {}\n")
+    with pytest.raises(CardError, match=r"card\.yaml: line 5, column 3: invalid YAML: duplicate key 'a'"):
+        load_card(path)

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 import harness
 
 SPLITS = ("train", "validation", "test")
@@ -144,13 +142,15 @@ def card_from_mapping(data, source: str = "<mapping>") -> DatasetCard:
 
 def load_card(path: str | Path) -> DatasetCard:
     """Read one card file."""
+    from harness.config import ConfigError, load_yaml
+
     path = Path(path)
+    if not path.is_file():
+        raise CardError(f"dataset card {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CardError(f"dataset card {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise CardError(f"dataset card {path} is not valid YAML: {err}") from None
+        data = load_yaml(path)  # duplicate keys and non-UTF-8 files are errors, as in every config
+    except ConfigError as err:
+        raise CardError(f"dataset card {err}") from None
     return card_from_mapping(data, str(path))
 
 
