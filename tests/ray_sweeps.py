@@ -97,12 +97,45 @@ def runs_by_id(results: Path) -> dict[str, dict]:
 
 def metric_values(results: Path, run_id: str) -> list[tuple]:
     rows = ResultStore(results).read("metrics", [run_id]).to_pylist()
-    return sorted((r["class_name"], r["metric"], r["value"]) for r in rows)
+    return sorted((r["class_name"], r["metric"], _comparable(r["value"])) for r in rows)
+
+
+def _comparable(value: float) -> float | str:
+    return "nan" if value != value else value  # NaN == NaN, for exact comparisons of metric lists
 
 
 def sample_score_values(results: Path, run_id: str) -> list[tuple]:
     rows = ResultStore(results).read("sample_scores", [run_id]).to_pylist()
     return sorted((r["sample_id"], r["score"]) for r in rows)
+
+
+def final_checkpoint(results: Path, run_id: str) -> Path:
+    """The final checkpoint Ray Train persisted for a run: outcome, final weights, prediction parts."""
+    (folder,) = [p for p in (Path(results) / "ray" / f"train-{run_id}").glob("checkpoint_*") if (p / "outcome.json").exists()]
+    return folder
+
+
+def single_worker_evaluation(checkpoint: Path) -> dict:
+    """Metrics, scores and map bytes of a run's final weights, evaluated by one worker in this process."""
+    import json
+
+    import torch
+
+    from harness.training.context import WorkerContext
+    from harness.training.loop import evaluate, prepare_inputs
+    from harness.training.trial_config import TrialConfig
+
+    run = json.loads((checkpoint / "outcome.json").read_text())["run"]
+    context = WorkerContext(device=torch.device("cpu"))
+    quiet = lambda stage, info: None  # noqa: E731
+    inputs = prepare_inputs(TrialConfig.from_dict(json.loads(run["config_json"])), context, quiet, use_feature_cache=True)
+    inputs.method.load_state_dict(torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)["model"])
+    shard = evaluate(inputs, context.wrap_model(inputs.method), context, quiet)
+    return {
+        "metrics": sorted((r.class_name, r.metric, _comparable(r.value)) for r in shard.accumulator.compute().rows),
+        "scores": sorted((row["sample_id"], row["score"]) for row in shard.sample_rows),
+        "maps": {row["sample_id"]: row["anomaly_map"].tobytes() for row in shard.prediction_rows},
+    }
 
 
 def hidden_files(results: Path) -> list[Path]:

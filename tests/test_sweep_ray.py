@@ -1,4 +1,5 @@
-"""Sweeps on a real local Ray cluster: resume, failures, 1 vs 2 Train workers, a killed worker, the live view.
+"""Sweeps on a real local Ray cluster: resume, failures and exit codes, Ctrl-C, 1, 2 and 3 Train workers
+scoring every sample as one worker does, a killed worker, provenance, the live view.
 
 One local cluster (ray.init(address="local")) serves the in-process sweeps of this module; the
 `harness sweep` subprocess starts its own. The two-node cluster is in test_sweep_two_node.py.
@@ -22,6 +23,7 @@ from harness.results.predictions import read_maps
 from harness.results.store import ResultStore
 from ray_sweeps import (
     descendant_processes,
+    final_checkpoint,
     hidden_files,
     metric_values,
     patched_environ,
@@ -29,16 +31,17 @@ from ray_sweeps import (
     run_sweep_file,
     runs_by_id,
     sample_score_values,
+    single_worker_evaluation,
     write_sweep,
 )
 
 pytestmark = pytest.mark.slow
 
-# lr 0 keeps every parameter at its seeded initialisation (AdamW moves nothing, weight decay
-# multiplies by exactly 1), so runs with 1 and with 2 Train workers evaluate the same weights even
-# though DDP averaging and the per-rank data order make their training differ. What is compared is
-# then the distributed part that must be exact: evaluation sharded by rank, accumulators merged.
-FROZEN = {"lr": 0.0, "epochs": 20}
+# Long enough to kill a Train worker mid-training. Runs with 1, 2 and 3 Train workers train
+# different weights (DDP averages the per-rank batches), so each run is compared with one worker's
+# in-process evaluation of its own final weights: the distributed part that must be exact is the
+# evaluation, sharded into whole batches by rank, and the accumulators' merge.
+LONG = {"epochs": 20}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def one_worker_run(tmp_path_factory, fixture_root, feature_cache):
     """`harness sweep` in a subprocess (its own local Ray): one cell, one Train worker."""
     folder = tmp_path_factory.mktemp("one-worker")
     results = folder / "results"
-    path = write_sweep(folder, data_root=fixture_root, results=results, name="frozen", method_config=FROZEN, workers=1)
+    path = write_sweep(folder, data_root=fixture_root, results=results, name="long", method_config=LONG, workers=1)
     env = {key: value for key, value in {**os.environ, **private_ray_environ(), "COLUMNS": "160"}.items() if value is not None}
     done = subprocess.run(
         [sys.executable, "-m", "harness.cli", "sweep", str(path)],
@@ -86,7 +89,7 @@ def test_live_view_shows_final_statuses_without_rays_log_stream(one_worker_run):
     results, output = one_worker_run
     assert "sweep: 1 complete" in output  # the trial table's title after the last refresh
     assert "complete" in output and "20/20" in output  # status and epoch columns
-    assert "Leaderboard: sweep frozen" in output
+    assert "Leaderboard: sweep long" in output
     for noise in ("Failed to query Ray Train Controller actor state", "(RayTrainWorker pid=", "(sweep_cell pid="):
         assert noise not in output
     assert len(runs_by_id(results)) == 1
@@ -178,9 +181,9 @@ class WorkerKiller(threading.Thread):
             time.sleep(0.05)
 
 
-def test_killed_worker_resumes_from_checkpoint_and_two_workers_match_one(local_ray, fixture_root, tmp_path, one_worker_run):
+def test_killed_worker_resumes_from_checkpoint_and_two_workers_score_as_one(local_ray, fixture_root, tmp_path, one_worker_run):
     results = tmp_path / "results"
-    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="frozen", method_config=FROZEN, workers=2)
+    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="long", method_config=LONG, workers=2)
     killer = WorkerKiller(results / "ray")
     killer.start()
     assert run_sweep_file(path) == 0
@@ -195,41 +198,45 @@ def test_killed_worker_resumes_from_checkpoint_and_two_workers_match_one(local_r
     assert epochs.count(0) == 1 and max(epochs) == 19
     assert hidden_files(results) == []
 
+    assert row["workers_used"] == 2
+    assert_outputs_are_one_workers(results, run_id)
+
     one_worker_results, _ = one_worker_run
     (one_id, one_row), = runs_by_id(one_worker_results).items()
-    assert one_id == run_id and one_row["workers"] == one_row["workers_used"] == 1 and row["workers_used"] == 2
-    assert_same_per_sample_outputs(results, one_worker_results, run_id)
+    assert one_id == run_id and one_row["workers"] == one_row["workers_used"] == 1
+    assert_outputs_are_one_workers(one_worker_results, run_id)
 
 
-def assert_same_per_sample_outputs(results: Path, reference: Path, run_id: str) -> None:
-    """Exact equality: metrics, every sample's score, and every map's bytes."""
-    assert metric_values(results, run_id) == metric_values(reference, run_id)
-    assert sample_score_values(results, run_id) == sample_score_values(reference, run_id)
-    maps, expected = read_maps(results, run_id), read_maps(reference, run_id)
-    assert sorted(maps) == sorted(expected)
-    assert all(maps[sample].tobytes() == expected[sample].tobytes() for sample in expected)
+def assert_outputs_are_one_workers(results: Path, run_id: str) -> None:
+    """Exact equality with one in-process worker's evaluation of the run's final weights: metrics,
+    every sample's score, and every map's bytes."""
+    reference = single_worker_evaluation(final_checkpoint(results, run_id))
+    assert metric_values(results, run_id) == reference["metrics"]
+    assert sample_score_values(results, run_id) == reference["scores"]
+    assert {sample: m.tobytes() for sample, m in read_maps(results, run_id).items()} == reference["maps"]
 
 
-def test_three_workers_score_and_map_every_sample_as_one(local_ray, fixture_root, tmp_path, one_worker_run):
+def test_three_workers_score_and_map_every_sample_as_one_worker_does(local_ray, fixture_root, tmp_path, one_worker_run):
     results = tmp_path / "results"
-    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="frozen", method_config=FROZEN, workers=3)
+    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="long", method_config=LONG, workers=3)
     assert run_sweep_file(path) == 0
     (run_id, row), = runs_by_id(results).items()
     assert row["status"] == "complete" and row["workers"] == row["workers_used"] == 3, row.get("failure_reason")
-    assert_same_per_sample_outputs(results, one_worker_run[0], run_id)
+    assert run_id == next(iter(runs_by_id(one_worker_run[0])))  # the same cell
+    assert_outputs_are_one_workers(results, run_id)
 
 
 def test_runs_rows_say_where_and_how_the_cell_ran(one_worker_run):
     (row,) = runs_by_id(one_worker_run[0]).values()
     assert row["started_at"] is not None and row["started_at"] <= row["finished_at"]
-    assert row["command_line"].endswith("sweep " + str(one_worker_run[0].parent / "frozen.yaml"))
+    assert row["command_line"].endswith("sweep " + str(one_worker_run[0].parent / "long.yaml"))
     assert row["backbone_weights"].startswith("packaged:") and len(row["backbone_weights_sha256"]) == 64
     assert row["torch_version"] == torch.__version__ and row["cpu_capability"] and row["torch_threads"] >= 1
 
 
 def test_ctrl_c_names_the_missing_cell_and_exits_130(fixture_root, tmp_path, feature_cache):
     results = tmp_path / "results"
-    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="long", method_config={"epochs": 10_000}, workers=1)
+    path = write_sweep(tmp_path, data_root=fixture_root, results=results, name="endless", method_config={"epochs": 10_000}, workers=1)
     env = {key: value for key, value in {**os.environ, **private_ray_environ(), "COLUMNS": "200"}.items() if value is not None}
     with open(tmp_path / "output.txt", "w") as output:
         process = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(path)], env=env, stdout=output,

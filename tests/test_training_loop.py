@@ -92,7 +92,7 @@ def _evaluated_by_ranks(fixture_root, world_size: int) -> dict:
     for rank in range(world_size):
         context = WorkerContext(rank=rank, world_size=world_size)
         inputs = prepare_inputs(trial, context, quiet, use_feature_cache=True)
-        for row in evaluate(inputs, inputs.method, context, quiet).prediction_rows:
+        for row in evaluate(inputs, context.wrap_model(inputs.method), context, quiet).prediction_rows:
             assert row["sample_id"] not in outputs  # no sample scored twice
             outputs[row["sample_id"]] = (row["score"], row["anomaly_map"].tobytes())
     return outputs
