@@ -105,7 +105,7 @@ class UniAD(TokenReconstructionMethod):
         "attention_init": Choice(*ATTENTION_INITS),
         "jitter_scale": Real(min=0),
         "jitter_prob": Real(min=0, max=1),
-        "lr": Real(positive=True),
+        "lr": Real(min=0.0),  # 0 freezes the weights: how sharding tests compare worker counts
         "weight_decay": Real(min=0),
         "lr_step_epochs": Int(min=1),
         "lr_gamma": Real(positive=True),

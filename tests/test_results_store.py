@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow.dataset as pa_dataset
 import pytest
 
+from harness.metrics.version import METRIC_VERSION
 from harness.results import ResultSchemaError, ResultStore, TrialResult
 from harness.results.predictions import read_maps, read_predictions, write_predictions
 from harness.results.schema import METRICS, RUNS, SCHEMA_VERSION
@@ -27,7 +28,7 @@ def result(run_id: str, seed: int = 0, value: float = 0.9, **run) -> TrialResult
     return TrialResult(
         run={"run_id": run_id, "sweep": "routing", "method": "unilead", "preset": "cpu", "dataset": "embedded",
              "seed": seed, "config_json": config, "params_trainable": 1000, "started_at": "2026-01-02T03:04:05",
-             "metric_version": "m1", "method_version": 1, "features_cached": True, **run},
+             "metric_version": METRIC_VERSION, "method_version": 1, "features_cached": True, **run},
         metrics=[
             {"class_name": "a", "metric": "i_auroc", "value": value},
             {"class_name": "b", "metric": "i_auroc", "value": float("nan"), "note": "no anomalous images"},
@@ -74,7 +75,7 @@ def test_write_run_files_schema_and_plain_readers(store):
     frame = pd.read_parquet(store.root / "metrics")
     assert sorted(frame["class_name"]) == ["a", "b", "mean"]
     assert set(frame["run_id"]) == {"r1"} and set(frame["dataset"]) == {"embedded"}
-    assert set(frame["metric_version"]) == {"m1"}
+    assert set(frame["metric_version"]) == {METRIC_VERSION}
     assert frame.loc[frame["class_name"] == "b", "value"].isna().all()
     table = pa_dataset.dataset(str(store.root / "routing"), format="parquet").to_table()
     assert table.column("class_name").to_pylist() == ["a"] and table.column("expert").to_pylist() == ["adapter_d16"]
@@ -321,3 +322,12 @@ def test_dry_run_does_not_call_a_damaged_cell_complete(tmp_path, capsys, monkeyp
     listed = capsys.readouterr().out
     assert f"{trials[0].run_id} (complete: skipped)" not in listed and trials[0].run_id in listed
     assert f"{trials[1].run_id} (complete: skipped)" in listed
+
+
+def test_a_run_scored_by_another_metric_version_is_out_of_date_and_runs_again(store):
+    store.write_run(result("current"))
+    store.write_run(result("older", seed=1, metric_version="0.9.0"))
+    assert store.completed_run_ids() == {"current"}
+    (problem,) = store.damaged_runs()["older"]
+    assert problem.kind == "stale" and "0.9.0" in str(problem) and METRIC_VERSION in str(problem)
+    assert "out of date" in str(problem)

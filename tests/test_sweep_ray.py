@@ -7,6 +7,7 @@ One local cluster (ray.init(address="local")) serves the in-process sweeps of th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -160,8 +161,23 @@ def _checkpoint_epochs(train_folder: Path) -> list[int]:
     return sorted(epochs)
 
 
+def _registered_checkpoint(train_root: Path) -> bool:
+    """Whether Ray Train's checkpoint manager has recorded a latest checkpoint (its snapshot file says so)."""
+    for snapshot in train_root.glob("train-*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, ValueError):
+            continue  # being rewritten
+    return False
+
+
 class WorkerKiller(threading.Thread):
-    """SIGKILLs one Ray Train worker of this process's cluster once two epoch checkpoints are persisted."""
+    """SIGKILLs one Ray Train worker of this process's cluster once Ray Train has registered an epoch checkpoint.
+
+    Files on disk are not enough: a restart resumes from the controller's latest registered
+    checkpoint, which lags the upload on a loaded machine (a kill before it restarts at epoch 0).
+    """
 
     def __init__(self, train_root: Path, deadline_s: float = 120.0):
         super().__init__(daemon=True)
@@ -174,7 +190,7 @@ class WorkerKiller(threading.Thread):
         while time.time() < self.deadline and self.killed is None:
             checkpoints = [p for p in self.train_root.glob("train-*/checkpoint_*") if (p / "model.pt").exists()]
             workers = descendant_processes("ray::RayTrainWorker")
-            if len(checkpoints) >= 2 and len(workers) == 2:  # the first upload is surely whole
+            if _registered_checkpoint(self.train_root) and len(workers) == 2:
                 os.kill(workers[-1], signal.SIGKILL)
                 self.killed, self.checkpoints_at_kill = workers[-1], len(checkpoints)
                 return

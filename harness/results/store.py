@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 
+from harness.metrics.version import METRIC_VERSION
 from harness.results.schema import (
     DETAIL_TABLES,
     LEGACY_PREDICTION_COLUMNS,
@@ -65,6 +66,7 @@ class ResultSchemaError(ValueError):
 
 DAMAGED = "damaged"  # one of the store's own files that does not read back: its run runs again
 FOREIGN = "foreign"  # a file that is not the store's: ignored
+STALE = "stale"  # a run scored by another version of harness.metrics: its run runs again
 _FILE_TABLES = {**TABLES, "predictions": PREDICTIONS}
 _OWNER_COLUMN = {"trials": "sweep"}  # the column naming a file's stem; run_id elsewhere
 _MAP_BYTES = {"anomaly_map", *LEGACY_PREDICTION_COLUMNS}  # never read to check a file
@@ -75,12 +77,12 @@ class StoreProblem:
     """A file the store cannot use, and why."""
 
     path: Path
-    kind: str  # DAMAGED or FOREIGN
+    kind: str  # DAMAGED, STALE or FOREIGN
     reason: str
     run_id: str | None = None  # the run a damaged file belongs to
 
     def __str__(self) -> str:
-        what = "damaged" if self.kind == DAMAGED else "not a result file, ignored"
+        what = {DAMAGED: "damaged", STALE: "out of date"}.get(self.kind, "not a result file, ignored")
         return f"{self.path} ({what}): {self.reason}"
 
 
@@ -253,6 +255,12 @@ class ResultStore:
         else:  # written before runs rows listed their files: every file there must read back
             expected = {table: None for table in (*DETAIL_TABLES, "predictions") if self._path(table, run_id).exists()}
         problems = []
+        if run.get("metric_version") and run["metric_version"] != METRIC_VERSION:
+            problems.append(StoreProblem(
+                self._file("runs", run_id), STALE,
+                f"scored by harness.metrics {run['metric_version']}, this installation scores with {METRIC_VERSION}; "
+                "the next sweep runs it again", run_id,
+            ))
         for table, rows in expected.items():
             path = self._path(table, run_id)
             if not path.exists():

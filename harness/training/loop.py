@@ -282,6 +282,8 @@ def _resume(context: WorkerContext, method, optimizer, scheduler) -> int:
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
+    if state.get("rng") is not None:  # jitter and dropout go on as if never interrupted
+        torch.set_rng_state(state["rng"].cpu())
     return int(state["epoch"]) + 1
 
 
