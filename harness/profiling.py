@@ -159,10 +159,8 @@ def _feature_shape(config: dict) -> tuple[list[int], list[int]]:
 
 def _reported(name: str, config: dict) -> dict[str, dict[str, Any]]:
     """Paper-reported sizes for this configuration (harness/reference/reported), labelled with their source."""
-    try:
-        from harness.report.reported import reported_for
-    except ImportError:  # the report package is optional for profiling
-        return {}
+    from harness.reported import reported_for
+
     return {
         metric: {"value": value.value, "source": value.source, "paper": value.paper}
         for metric, value in reported_for(name, "any", config).items()

@@ -116,7 +116,8 @@ def print_dry_run(spec, console, resolve_ids: bool = False) -> int:
     from rich.table import Table
 
     from harness.results.store import ResultStore
-    from harness.sweep.run_id import PENDING, configuration_key, resolve_run_ids
+    from harness.identity import PENDING, configuration_key
+    from harness.sweep.run_id import resolve_run_ids
 
     trials = spec.trials()
     complete: set[str] = set()

@@ -16,10 +16,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.report.reported import ReportedValue, reported_for
+from harness.formatting import format_value
+from harness.reported import ReportedValue, reported_for
 from harness.results.schema import STATUS_COMPLETE, STATUS_FAILED
 from harness.results.store import DAMAGED, ResultStore
-from harness.sweep.spec import format_value
 
 METRIC_ORDER = (
     "i_auroc", "p_auroc", "aupro", "i_ap", "p_ap", "i_f1max", "p_f1max", "aupro_05", "aupro_01",

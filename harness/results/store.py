@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 
+from harness.identity import configuration_key
 from harness.metrics.version import METRIC_VERSION
 from harness.results.schema import (
     DETAIL_TABLES,
@@ -135,8 +136,6 @@ class ResultStore:
 
     def write_trials(self, sweep: str, trials: Iterable[Any]) -> Path:
         """Record a sweep's expanded trial list (objects with index, config, axes, label, run_id)."""
-        from harness.sweep.run_id import configuration_key
-
         rows = [
             {
                 "sweep": sweep,
@@ -298,7 +297,6 @@ class ResultStore:
 
     def _complete_run_row(self, run: dict, provenance: bool) -> dict:
         import harness
-        from harness.sweep.run_id import configuration_key
 
         row = dict(run)
         if not row.get("run_id"):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigIssue, ConfigProblems, load_yaml, parse_assignment, set_dotted, show_value
+from harness.formatting import format_value
 
 TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "seeds", "tune", "scaling", "results")
 BASE_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "method_config")
@@ -457,16 +458,6 @@ def expand(spec: SweepSpec) -> list[Trial]:
 def trial_label(axes: dict) -> str:
     """A short label such as ``routing=top1 seed=0``: the last part of each key, compact values."""
     return " ".join(f"{key.rsplit('.', 1)[-1]}={format_value(value)}" for key, value in axes.items())
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(format_value(item) for item in value)
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
 
 def _number_from_text(value: Any) -> Any:
