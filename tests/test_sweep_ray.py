@@ -263,7 +263,10 @@ def test_ctrl_c_names_the_missing_cell_and_exits_130(fixture_root, tmp_path, fea
                 assert process.poll() is None, (tmp_path / "output.txt").read_text()[-3000:]
                 time.sleep(0.2)
             process.send_signal(signal.SIGINT)  # the sweep is training: an epoch checkpoint exists
-            returncode = process.wait(timeout=120)
+            try:
+                returncode = process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail("no exit 120 s after SIGINT; the sweep said:\n" + (tmp_path / "output.txt").read_text()[-3000:])
         finally:
             process.kill()
     said = (tmp_path / "output.txt").read_text()

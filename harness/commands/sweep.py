@@ -88,14 +88,26 @@ def run(args) -> int:
         Console(stderr=True).print("--resolve-ids only applies with --dry-run (a real run always resolves ids)")
         return 2
     try:
-        from harness.sweep.runner import run_sweep
+        from harness.sweep.runner import EXIT_INTERRUPTED, run_sweep
     except ImportError as exc:
         if getattr(exc, "name", None) != "harness.sweep.runner":
             raise
         Console(stderr=True).print("This installation has no sweep runner yet (harness.sweep.runner); use --dry-run.")
         return 2
     check_sweep_datasets(spec, console)
-    return int(run_sweep(spec, args) or 0)
+    status = int(run_sweep(spec, args) or 0)
+    if status == EXIT_INTERRUPTED:
+        exit_now(status)
+    return status
+
+
+def exit_now(status: int) -> None:
+    """Exit with ``status`` at once: after Ctrl-C, threads Ray and Tune leave behind must not hold the exit."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def check_sweep_datasets(spec, console) -> None:

@@ -130,8 +130,25 @@ def run_sweep(spec, args) -> int:
             _run_pending(spec, args, store, pending, console)
         show_leaderboard_and_write_html(store, spec.name, console)
     except KeyboardInterrupt:
-        return say_unfinished(console, store, trials, interrupted=True)
+        status = say_unfinished(console, store, trials, interrupted=True)
+        stop_ray(RAY_STOP_TIMEOUT_S)
+        return status
     return say_unfinished(console, store, trials, interrupted=False)
+
+
+RAY_STOP_TIMEOUT_S = 30.0
+EXIT_INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
+
+
+def stop_ray(timeout_s: float) -> None:
+    """Shut Ray down, waiting at most ``timeout_s``: an interrupted sweep must exit, not wait on trial actors."""
+    import threading
+
+    import ray
+
+    stopper = threading.Thread(target=ray.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
 
 
 def pending_trials(store, trials: list) -> list:
@@ -220,7 +237,7 @@ def say_unfinished(console: Console, store, trials: list, *, interrupted: bool) 
         console.print(f"  ... and {len(unfinished) - UNFINISHED_LISTED} more (harness leaderboard {store.root} lists them all)", markup=False)
     console.print(f"To resume, run the same command again: {resume_command()}", markup=False, highlight=False, soft_wrap=True)
     console.print("Complete cells are skipped; failed and missing cells run again.", markup=False)
-    return 130 if interrupted else 1
+    return EXIT_INTERRUPTED if interrupted else 1
 
 
 def resume_command() -> str:
