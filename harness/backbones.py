@@ -290,7 +290,16 @@ class FeatureBackbone(nn.Module):
 
 
 def _features_model(name: str, levels: Sequence[int], pretrained: bool = False) -> nn.Module:
-    return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=tuple(levels))
+    return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=tuple(levels), **_size_options(name))
+
+
+def _size_options(name: str) -> dict:
+    """ViTs take any input size, their position embedding resampled at run time (weights keep their native grid).
+
+    timm's ViT ``features_only`` gives block outputs (blocks after the last level pruned, no final
+    norm) as NCHW patch-token maps: the [CLS] and register tokens are dropped.
+    """
+    return {"dynamic_img_size": True} if timm.models.is_model_in_modules(name, ["vision_transformer"]) else {}
 
 
 def _weights_file(source: WeightSource) -> Path | None:
