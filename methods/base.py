@@ -15,15 +15,26 @@ a method through this class (spec Part A, "General"):
 - ``on_epoch_start(epoch)``: optional hook for schedules that live inside the model (UniLEAD's
   Gumbel temperature anneal); the default does nothing.
 
+Two declarations (class attributes) choose how the loop feeds a method; nothing else in the
+harness branches on them:
+
+- ``input_kind``: ``"features"`` (the default: cached frozen-backbone features, as above) or
+  ``"images"`` (a trainable or augmented encoder: the loop's seeded image pipeline passes
+  ``"images"``, (B, 3, S, S) float32 at ``image_spec().image_size`` normalised with its mean and
+  std, training images first through ``augment(image, generator)`` with a generator seeded from
+  (seed, epoch, sample index));
+- ``fitted``: ``True`` for training-free methods (PatchCore): no epochs and no optimiser; the loop
+  calls ``fit(batches)`` once over the whole training set, then evaluates as for any method.
+
 Batches are dicts: ``"features"`` (list of float32 tensors (B, C_l, H_l, W_l), the raw backbone
-levels in ``backbone_levels`` order), ``"label"`` (B,) long, ``"class_index"`` (B,) long.
+levels in ``backbone_levels`` order) or ``"images"``, ``"label"`` (B,) long, ``"class_index"`` (B,) long.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +65,20 @@ class FeatureSpec:
     levels: tuple[int, ...]
     image_size: int
     weights: str = "auto"
+
+
+INPUT_KINDS = ("features", "images")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image-input method wants its pixels: square resize to image_size, then (x - mean) / std."""
+
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass
@@ -109,6 +134,8 @@ class AnomalyMethod(nn.Module):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     config_schema: ClassVar[dict[str, ConfigType]] = SHARED_CONFIG_SCHEMA  # key -> type; see methods/config_schema.py
     config_rules: ClassVar[tuple[Rule, ...]] = ()  # constraints across keys
+    input_kind: ClassVar[str] = "features"  # one of INPUT_KINDS: what the loop's input stage feeds it
+    fitted: ClassVar[bool] = False  # True: fit(batches) once instead of epochs of training_step
 
     def __init__(self, config: dict[str, Any], feature_channels: Sequence[int], feature_reductions: Sequence[int]):
         super().__init__()
@@ -125,6 +152,24 @@ class AnomalyMethod(nn.Module):
     def feature_spec(self) -> FeatureSpec | None:
         c = self.config
         return FeatureSpec(c["backbone"], tuple(int(i) for i in c["backbone_levels"]), int(c["image_size"]), c.get("backbone_weights", "auto"))
+
+    def image_spec(self) -> ImageSpec:
+        """For ``input_kind == "images"``: the image size of the config, ImageNet normalisation."""
+        return ImageSpec(int(self.config["image_size"]))
+
+    def augment(self, image: Tensor, generator: torch.Generator) -> Tensor:
+        """For ``input_kind == "images"``: one training image (3, S, S), augmented with ``generator``
+        only (seeded per (seed, epoch, sample), so any worker count sees the same images); default: none."""
+        return image
+
+    def fit(self, batches: Iterable[dict[str, Any]]) -> None:
+        """For ``fitted`` methods: build the model's state in one pass over the training batches."""
+        raise NotImplementedError(f"{self.name} declares fitted = True but does not implement fit(batches)")
+
+    def memory_bank_size(self, train_images: dict[str, int]) -> dict[str, int] | None:
+        """For methods whose size is a memory bank rather than parameters: vectors, dims and bytes for
+        a dataset with ``train_images`` (class -> training images) at the configured size; None: no bank."""
+        return None
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -39,3 +39,87 @@ def ground_truth(samples: Sequence[Sample], size: int, defects_config: dict | No
         "defect_ids": [mask_channel_values(s) for s in samples],
         "defects_config": defects_config,
     }
+
+
+# ------------------------------------------------------------------------------ batch sources
+
+
+class BatchSource:
+    """Batches of one split for the loop's stages, whatever the method's input kind.
+
+    ``batches(split, batch_rows, device, epoch)`` yields (rows, batch) for each list of sample
+    indices in ``batch_rows``; ``epoch`` is the training epoch (augmented image input) or None
+    (evaluation and fitting: never augmented). Subclasses provide the batch's input tensors.
+    """
+
+    def __init__(self, samples: dict[str, list[Sample]], class_to_index: dict[str, int]):
+        self.samples = samples
+        self.class_to_index = class_to_index
+
+    def batches(self, split: str, batch_rows: Sequence[Sequence[int]], device: torch.device, epoch: int | None = None):
+        raise NotImplementedError
+
+    def _batch(self, split: str, rows: Sequence[int], inputs: dict, device: torch.device) -> dict:
+        samples = [self.samples[split][i] for i in rows]
+        return {
+            **inputs,
+            "label": torch.tensor([int(s.label) for s in samples], dtype=torch.long, device=device),
+            "class_index": torch.tensor([self.class_to_index[s.class_name] for s in samples], device=device),
+        }
+
+
+class FeatureBatches(BatchSource):
+    """``input_kind == "features"``: rows of the (cached) frozen-backbone features of each split."""
+
+    def __init__(self, samples, class_to_index, features: dict):
+        super().__init__(samples, class_to_index)
+        self.features = features  # split -> FeatureSet
+
+    def batches(self, split, batch_rows, device, epoch=None):
+        for rows in batch_rows:
+            levels = [f.to(device, non_blocking=True) for f in self.features[split].rows(rows)]
+            yield rows, self._batch(split, rows, {"features": levels}, device)
+
+
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one training image's augmentation: a function of (trial seed, epoch, sample index) only."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """One split's images for a DataLoader: key (index, epoch) -> (3, S, S) normalised float32.
+
+    With an epoch the image goes through ``augment(image, generator)`` seeded by
+    ``augmentation_seed(seed, epoch, index)``, so a worker process computes the same image as any other.
+    """
+
+    def __init__(self, samples: Sequence[Sample], spec, augment, seed: int):
+        self.samples, self.spec, self.augment, self.seed = samples, spec, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int | None]) -> torch.Tensor:
+        index, epoch = key
+        image = image_tensor(self.samples[index], self.spec.image_size, self.spec.mean, self.spec.std)
+        if epoch is None:
+            return image
+        generator = torch.Generator()
+        generator.manual_seed(augmentation_seed(self.seed, epoch, index))
+        return self.augment(image, generator)
+
+
+class ImageBatches(BatchSource):
+    """``input_kind == "images"``: images read, resized, normalised (and augmented) by a DataLoader's
+    worker processes, in exactly the batches the loop asks for (its batch sampler)."""
+
+    def __init__(self, samples, class_to_index, spec, augment, seed: int, workers: int):
+        super().__init__(samples, class_to_index)
+        self.sets = {split: ImageSet(split_samples, spec, augment, seed) for split, split_samples in samples.items()}
+        self.workers = workers
+
+    def batches(self, split, batch_rows, device, epoch=None):
+        keys = [[(i, epoch) for i in rows] for rows in batch_rows]
+        loader = torch.utils.data.DataLoader(self.sets[split], batch_sampler=keys, num_workers=self.workers)
+        for rows, images in zip(batch_rows, loader):
+            yield rows, self._batch(split, rows, {"images": images.to(device, non_blocking=True)}, device)

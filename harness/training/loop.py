@@ -1,9 +1,15 @@
-"""The one training loop: seeded training on (cached) frozen features, last-epoch checkpoint,
-sharded evaluation through harness.metrics, per-sample outputs written for later re-scoring.
+"""The one training loop: seeded training on (cached) frozen features or on images, last-epoch
+checkpoint, sharded evaluation through harness.metrics, per-sample outputs written for later re-scoring.
 
-`run_training(config)` runs it in this process; `train_loop_per_worker(config)` is the same loop
-as a Ray Train worker. Nothing here special-cases a method: everything method-specific comes
-through the contract in methods/base.py.
+Its stages: ``prepare_inputs`` (dataset, model, batch source), ``fit`` (training-free methods: one
+pass) or ``train`` (epochs), ``evaluate``, ``record``. `run_training(config)` runs it in this
+process; `train_loop_per_worker(config)` is the same loop as a Ray Train worker. Nothing here
+special-cases a method: everything method-specific comes through the contract in methods/base.py,
+and only prepare_inputs looks at the method's input kind (it picks the batch source).
+
+Fit under Ray Train: every rank fits on the whole training set (same seed, same batches, so the
+same state) and no state travels. Each rank needs the full state to score its share of the test
+set anyway, and a greedy coreset is not mergeable from per-rank shards.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +36,7 @@ from harness.metrics import METRIC_VERSION, MetricAccumulator
 from harness.results.predictions import write_predictions
 from harness.training.context import WorkerContext
 from harness.training.feature_cache import FeatureCache, FeatureKey, cached_features
-from harness.training.inputs import ground_truth
+from harness.training.inputs import BatchSource, FeatureBatches, ImageBatches, ground_truth
 from harness.training.trial_config import TrialConfig
 
 
@@ -92,7 +97,7 @@ def _save_training_state(folder: Path, model, optimizer, scheduler, epoch: int) 
     folder.mkdir(parents=True, exist_ok=True)
     state = {
         "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": epoch,
         "rng": torch.get_rng_state(),
@@ -105,44 +110,28 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _to_device(features: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    return [f.to(device, non_blocking=True) for f in features]
-
-
 @dataclass
 class TrainingInputs:
-    """Everything training and evaluation read: the trial, the model, and the frozen features."""
+    """Everything fitting, training and evaluation read: the trial, the model, and its batch source."""
 
     trial: TrialConfig
     method_config: dict
     index: object
     method: torch.nn.Module  # the method itself, never its DDP wrapper
-    feature_key: FeatureKey
-    backbone_weights: str  # the resolved source, e.g. "packaged:..." or "random"
+    dataset_fingerprint: str
+    source: BatchSource  # features or images, as the method's input_kind says
+    backbone_weights: str  # the resolved source, e.g. "packaged:..." or "random"; "" for image input
     backbone_weights_sha256: str
     train_samples: list
     test_samples: list
-    features: dict  # split -> FeatureSet
     features_cached: bool
     feature_seconds: float
-
-    @cached_property
-    def class_to_index(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(sorted(self.index.classes))}
-
-    def batch(self, split: str, rows: list[int], labels: list[int], class_names: list[str], device) -> dict:
-        classes = self.class_to_index
-        return {
-            "features": _to_device(self.features[split].rows(rows), device),
-            "label": torch.tensor(labels, dtype=torch.long, device=device),
-            "class_index": torch.tensor([classes[name] for name in class_names], device=device),
-        }
 
 
 @dataclass
 class TrainedModel:
     model: torch.nn.Module  # as the context wrapped it (DDP under Ray Train)
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None for a fitted method
     scheduler: object
     epochs: int
     last_losses: dict[str, float]
@@ -179,7 +168,8 @@ def run_training(
     started = time.time()
     inputs = prepare_inputs(trial, context, progress, use_feature_cache)
     checkpoint_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="harness-trial-"))
-    trained = train(inputs, context, checkpoint_dir, progress)
+    stage = fit if inputs.method.fitted else train  # the method's declaration, not a branch on its name
+    trained = stage(inputs, context, checkpoint_dir, progress)
     shard = evaluate(inputs, trained.model, context, progress)
     return record(inputs, trained, shard, context, checkpoint_dir, started)
 
@@ -188,10 +178,28 @@ def run_training(
 
 
 def prepare_inputs(trial: TrialConfig, context: WorkerContext, progress, use_feature_cache: bool) -> TrainingInputs:
-    """The dataset, the seeded model and the backbone's features of both splits (cached or computed)."""
+    """The dataset, the seeded model and its batch source: the backbone's features of both splits
+    (cached or computed) for feature input, a seeded image pipeline for image input."""
     seed_everything(trial.seed)
     index = load_dataset(trial.dataset, trial.data_root, classes=trial.classes, expected=trial.expect)
     method_config = methods.preset_config(trial.method, trial.preset, trial.method_config)
+    samples = {split: sorted(index.split(split), key=lambda s: s.sample_id) for split in ("train", "test")}
+    classes = {name: i for i, name in enumerate(sorted(index.classes))}
+    kind = methods.get(trial.method).input_kind
+    parts = _INPUT_STAGES[kind](trial, method_config, index, samples, classes, context, progress, use_feature_cache)
+    return TrainingInputs(
+        trial=trial,
+        method_config=method_config,
+        index=index,
+        dataset_fingerprint=index.fingerprint(),
+        train_samples=samples["train"],
+        test_samples=samples["test"],
+        **parts,
+    )
+
+
+def _feature_input(trial, method_config, index, samples, classes, context, progress, use_feature_cache) -> dict:
+    """Feature input: the frozen backbone, the method built for its levels, both splits' features."""
     backbone = create_backbone(
         method_config["backbone"], method_config["backbone_levels"], weights=method_config.get("backbone_weights", "auto")
     ).to(context.device)
@@ -211,26 +219,37 @@ def prepare_inputs(trial: TrialConfig, context: WorkerContext, progress, use_fea
         levels=tuple(method_config["backbone_levels"]),
         image_size=int(method_config["image_size"]),
     )
-    samples = {split: sorted(index.split(split), key=lambda s: s.sample_id) for split in ("train", "test")}
     started = time.time()
     cache = FeatureCache() if use_feature_cache else None
     features, hits = {}, {}
     for split, split_samples in samples.items():
         features[split], hits[split] = _split_features(key, split, split_samples, backbone, cache, progress)
-    return TrainingInputs(
-        trial=trial,
-        method_config=method_config,
-        index=index,
-        method=method,
-        feature_key=key,
-        backbone_weights=backbone.weights_source,
-        backbone_weights_sha256=backbone.weights_sha256,
-        train_samples=samples["train"],
-        test_samples=samples["test"],
-        features=features,
-        features_cached=all(hits.values()),
-        feature_seconds=time.time() - started,
-    )
+    return {
+        "method": method,
+        "source": FeatureBatches(samples, classes, features),
+        "backbone_weights": backbone.weights_source,
+        "backbone_weights_sha256": backbone.weights_sha256,
+        "features_cached": all(hits.values()),
+        "feature_seconds": time.time() - started,
+    }
+
+
+def _image_input(trial, method_config, index, samples, classes, context, progress, use_feature_cache) -> dict:
+    """Image input: the method (it owns its encoder) and a seeded DataLoader pipeline over both splits."""
+    method = methods.build(trial.method, trial.preset, trial.method_config, feature_channels=[], feature_reductions=[])
+    workers = int(method_config.get("loader_workers", 2))
+    source = ImageBatches(samples, classes, method.image_spec(), method.augment, trial.seed, workers)
+    return {
+        "method": method,
+        "source": source,
+        "backbone_weights": "",
+        "backbone_weights_sha256": "",
+        "features_cached": False,
+        "feature_seconds": 0.0,
+    }
+
+
+_INPUT_STAGES = {"features": _feature_input, "images": _image_input}  # keyed by methods.base.INPUT_KINDS
 
 
 def _split_features(key: FeatureKey, split: str, samples: list, backbone, cache, progress):
@@ -240,6 +259,34 @@ def _split_features(key: FeatureKey, split: str, samples: list, backbone, cache,
     )
     progress("features", {"split": split, "completed": len(samples), "info": "from cache" if hit else "computed"})
     return features, hit
+
+
+# --------------------------------------------------------------------------------------- fit
+
+
+def fit(inputs: TrainingInputs, context: WorkerContext, checkpoint_dir: Path, progress) -> TrainedModel:
+    """A training-free method's one pass: ``method.fit`` over every training sample, in sample-id
+    order and fixed batches, on every rank (see the module docstring); a restarted worker group
+    loads the fitted state from its checkpoint instead of fitting again."""
+    method = inputs.method.to(context.device)  # no DDP: nothing to synchronise, nothing trains
+    started = time.time()
+    if _resume(context, method, None, None) == 0:
+        rows = _batches(list(range(len(inputs.train_samples))), int(inputs.method_config["batch_size"]))
+        method.fit(batch for _, batch in inputs.source.batches("train", rows, context.device))
+        _report_checkpoint(inputs, context, checkpoint_dir, method, None, None, 0, {}, progress)
+    return TrainedModel(method, None, None, 0, {}, len(inputs.train_samples), time.time() - started)
+
+
+def _report_checkpoint(inputs, context, checkpoint_dir, model, optimizer, scheduler, epoch, losses, progress) -> None:
+    """Save (rank 0) and report one finished epoch, or the fit, with its checkpoint."""
+    epoch_dir = None
+    if context.is_main:
+        epoch_dir = checkpoint_dir / "training"
+        _save_training_state(epoch_dir, model, optimizer, scheduler, epoch)
+    epochs = int(inputs.method_config["epochs"]) if not inputs.method.fitted else 1
+    report = {"epoch": epoch + 1, "epochs": epochs, **{f"train_{k}": v for k, v in losses.items()}}
+    context.report_epoch(report, epoch_dir)
+    progress("epoch", report)
 
 
 # ------------------------------------------------------------------------------------- train
@@ -262,13 +309,7 @@ def train(inputs: TrainingInputs, context: WorkerContext, checkpoint_dir: Path, 
         trained_images += images
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
-        epoch_dir = None
-        if context.is_main:
-            epoch_dir = checkpoint_dir / "training"
-            _save_training_state(epoch_dir, model, optimizer, scheduler, epoch)
-        report = {"epoch": epoch + 1, "epochs": epochs, **{f"train_{k}": v for k, v in last_losses.items()}}
-        context.report_epoch(report, epoch_dir)
-        progress("epoch", report)
+        _report_checkpoint(inputs, context, checkpoint_dir, model, optimizer, scheduler, epoch, last_losses, progress)
     return TrainedModel(model, optimizer, scheduler, epochs, last_losses, trained_images, time.time() - started)
 
 
@@ -279,7 +320,8 @@ def _resume(context: WorkerContext, method, optimizer, scheduler) -> int:
         return 0
     state = torch.load(resume / "model.pt", map_location=context.device, weights_only=True)
     method.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     if state.get("rng") is not None:  # jitter and dropout go on as if never interrupted
@@ -295,9 +337,7 @@ def _train_epoch(inputs, model, optimizer, scheduler, scheduler_interval, epoch,
     totals: dict[str, float] = {}
     steps = images = 0
     order = _epoch_order(len(inputs.train_samples), epoch, inputs.trial.seed, context)
-    for rows in _batches(order, int(config["batch_size"])):
-        samples = [inputs.train_samples[i] for i in rows]
-        batch = inputs.batch("train", rows, [0] * len(rows), [s.class_name for s in samples], context.device)
+    for rows, batch in inputs.source.batches("train", _batches(order, int(config["batch_size"])), context.device, epoch):
         with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=use_amp):  # bf16: no loss scaler needed
             losses = model(batch)
         _check_finite(losses, epoch, steps)
@@ -342,16 +382,15 @@ def evaluate(inputs: TrainingInputs, model: torch.nn.Module, context: WorkerCont
     batches = evaluation_batches(len(inputs.test_samples), int(inputs.method_config["batch_size"]), context)
     shard = EvaluatedShard(MetricAccumulator(), [], [], [], 0.0)
     progress("eval", {"total": sum(len(rows) for rows in batches), "advance": 0})
-    for rows in batches:
-        _evaluate_batch(inputs, [inputs.test_samples[i] for i in rows], rows, context, shard)
+    for rows, batch in inputs.source.batches("test", batches, context.device):
+        _evaluate_batch(inputs, [inputs.test_samples[i] for i in rows], batch, shard)
         progress("eval", {"advance": len(rows)})
     shard.seconds = time.time() - started
     return shard
 
 
-def _evaluate_batch(inputs: TrainingInputs, samples: list, rows: list[int], context: WorkerContext, shard: EvaluatedShard) -> None:
+def _evaluate_batch(inputs: TrainingInputs, samples: list, batch: dict, shard: EvaluatedShard) -> None:
     class_names = [s.class_name for s in samples]
-    batch = inputs.batch("test", rows, [s.label for s in samples], class_names, context.device)
     with torch.no_grad():
         prediction = inputs.method.predict(batch)
     maps = prediction.anomaly_maps.float().cpu().numpy().astype(np.float16)
@@ -434,7 +473,7 @@ def _run_row(inputs: TrainingInputs, trained: TrainedModel, shard: EvaluatedShar
         "method_version": method.version,
         "preset": trial.preset,
         "dataset": trial.dataset,
-        "dataset_fingerprint": inputs.feature_key.dataset_fingerprint,
+        "dataset_fingerprint": inputs.dataset_fingerprint,
         "seed": trial.seed,
         "config_json": json.dumps(trial.to_dict(), sort_keys=True),
         "method_config_json": json.dumps(inputs.method_config, sort_keys=True, default=str),
