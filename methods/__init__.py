@@ -44,6 +44,7 @@ _KNOWN_MODULES = {
     "uniad": "methods.uniad",
     "moead": "methods.moead",
     "unilead": "methods.unilead",
+    "rd4ad": "methods.rd4ad",
 }
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}
 _IMPORT_ERRORS: dict[str, str] = {}

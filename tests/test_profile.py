@@ -45,6 +45,12 @@ def test_unilead_paper_profile_and_its_reported_numbers():
     assert profile["macs"]["reconstruction"]["true"] > profile["macs"]["reconstruction"]["common"]
 
 
+def test_rd4ad_paper_profile_counts_the_official_module_with_its_unused_conv4():
+    profile = profile_method("rd4ad", "paper", with_backbone=False)
+    assert profile["params"]["trainable"] == 92_195_328  # OCBE 67,277,824 (conv4/bn4 8,392,704 included) + decoder 24,917,504
+    assert profile["macs"]["reconstruction"]["true"] == pytest.approx(18.45e9, rel=0.01)  # + WRN-50-2 to layer 3: fvcore's 30.5 G
+
+
 @pytest.mark.parametrize("gra_form", ["block_linear", "elementwise"])
 def test_thop_style_count_with_se_r4_reproduces_the_papers_1_42m(gra_form):
     # thop sees neither the GRA's raw W and b nor its gate, so both forms count the same

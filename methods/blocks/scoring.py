@@ -4,13 +4,14 @@ feature_error_map: per-position L2 norm over channels of (reconstruction - targe
 upsampled (align_corners=True) to the evaluation size.
 max_of_average_pooled: UniAD's ``max`` score, the maximum of a stride-1 average pooling whose
 window is 16 px at 224 px (scaled with eval_size / 224 at other evaluation sizes).
-gaussian_smooth: separable Gaussian with an explicit sigma AND kernel size (both recorded).
+gaussian_smooth: separable Gaussian with an explicit sigma AND kernel size (both recorded); boundary
+"reflect" mirrors about the edge pixel (scipy's "mirror"), "symmetric" repeats it (scipy's default
+"reflect", what ``scipy.ndimage.gaussian_filter`` does).
 max_mean_topk: UniLEAD's w1*max + w2*mean + w3*mean(top-k).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -36,25 +37,40 @@ def max_of_average_pooled(maps: Tensor, window: int) -> Tensor:
     return F.avg_pool2d(maps.unsqueeze(1), window, stride=1).flatten(1).amax(dim=1)
 
 
-def gaussian_smooth(maps: Tensor, sigma: float, kernel_size: int) -> Tensor:
-    """(B, H, W) maps smoothed by a separable Gaussian (reflect padding); sigma <= 0 returns them unchanged."""
+SMOOTHING_BOUNDARIES = ("reflect", "symmetric")
+
+
+def gaussian_smooth(maps: Tensor, sigma: float, kernel_size: int, boundary: str = "reflect") -> Tensor:
+    """(B, H, W) maps smoothed by a separable Gaussian (padding: see the module docstring); sigma <= 0 returns them unchanged."""
     if sigma <= 0 or kernel_size <= 1:
         return maps
     if kernel_size % 2 == 0:
         raise ValueError(f"smoothing kernel size must be odd, got {kernel_size}")
+    if boundary not in SMOOTHING_BOUNDARIES:
+        raise ValueError(f"smoothing boundary must be one of {', '.join(SMOOTHING_BOUNDARIES)}, got {boundary!r}")
     radius = kernel_size // 2
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     out = maps.unsqueeze(1)
-    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    out = F.conv2d(_pad(out, radius, -1, boundary), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(_pad(out, radius, -2, boundary), kernel.view(1, 1, -1, 1))
     return out[:, 0]
 
 
+def _pad(x: Tensor, radius: int, dim: int, boundary: str) -> Tensor:
+    """Pad ``radius`` values on both sides of ``dim``: torch's reflect, or symmetric (the edge value repeated)."""
+    if boundary == "reflect":
+        return F.pad(x, (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius), mode="reflect")
+    size = x.shape[dim]
+    if radius > size:
+        raise ValueError(f"symmetric padding of {radius} needs maps of at least {radius} pixels, got {size}")
+    return torch.cat([x.narrow(dim, 0, radius).flip(dim), x, x.narrow(dim, size - radius, radius).flip(dim)], dim=dim)
+
+
 def default_kernel_size(sigma: float, truncate: float = 4.0) -> int:
-    """scipy's kernel size for a sigma: 2 * ceil(truncate * sigma) + 1 (9 for sigma 1)."""
-    return 2 * int(math.ceil(truncate * sigma)) + 1
+    """scipy's kernel size for a sigma: radius int(truncate * sigma + 0.5), so 9 for sigma 1 and 33 for sigma 4."""
+    return 2 * int(truncate * float(sigma) + 0.5) + 1
 
 
 def max_mean_topk(maps: Tensor, weights: Sequence[float], topk_fraction: float) -> Tensor:
