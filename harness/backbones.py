@@ -43,6 +43,7 @@ KNOWN_BACKBONES = {  # name -> default levels (timm out_indices) used by the met
     "tf_efficientnet_b4": (1, 2, 3, 4),
     "resnet18": (1, 2, 3),
     "wide_resnet50_2": (1, 2, 3),
+    "wide_resnet50_2.tv_in1k": (2, 3),  # torchvision's V1 weights; layer2 and layer3 (PatchCore)
     "vit_base_patch14_reg4_dinov2": (3, 7, 11),
 }
 HUB_PROBE_TIMEOUT_S = 3.0

@@ -16,6 +16,10 @@ preset's image size (batch 1):
 Element-wise work (softmax, norms, activations) is counted by neither convention here; calflops
 adds a little of it (UniAD 3.179 vs 3.168 G).
 Everything is built with a randomly initialised backbone, so no weight file is needed.
+
+A method sized by a memory bank rather than by parameters (PatchCore) reports ``memory_bank``
+instead: vectors x dims and bytes for MVTec AD's training set (the bundled card's counts) at the
+preset's size, before and after the coreset, per-class total and unified (spec 10.8).
 """
 
 from __future__ import annotations
@@ -121,7 +125,8 @@ def profile_method(
     method = methods.build(name, preset, overrides, feature_channels=channels, feature_reductions=reductions).eval()
     recon = method.reconstruction_module()
     image_size = int(config["image_size"])
-    macs = count_macs(method.reconstruct, random_features(method))
+    bank = method.memory_bank_size(mvtec_ad_train_images())
+    macs = count_macs(method.reconstruct, random_features(method)) if bank is None else MacCount(0, 0)
     profile: dict[str, Any] = {
         "method": name,
         "preset": preset,
@@ -138,6 +143,8 @@ def profile_method(
         },
         "macs": {"reconstruction": asdict(macs) | {"common": macs.common}},
     }
+    if bank is not None:
+        profile["memory_bank"] = {"dataset": "mvtec_ad", **bank}
     if backbone is not None:
         profile["params"]["with_backbone"] = profile["params"]["trainable"] + profile["params"]["backbone"]
         backbone_macs = count_macs(backbone, torch.randn(1, 3, image_size, image_size))
@@ -147,6 +154,14 @@ def profile_method(
         }
     profile["reported"] = _reported(name, config)
     return profile
+
+
+def mvtec_ad_train_images() -> dict[str, int]:
+    """Training images per class of MVTec AD, from the bundled dataset card (3,629 in all)."""
+    from harness.data.registry import get_card
+
+    card = get_card("mvtec_ad")
+    return {name: cls.split_total("train") for name, cls in card.classes.items()}
 
 
 def _feature_shape(config: dict) -> tuple[list[int], list[int]]:

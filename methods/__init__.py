@@ -44,6 +44,7 @@ _KNOWN_MODULES = {
     "uniad": "methods.uniad",
     "moead": "methods.moead",
     "unilead": "methods.unilead",
+    "patchcore": "methods.patchcore",
     "rd4ad": "methods.rd4ad",
 }
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}

@@ -144,6 +144,9 @@ def _profile_views(profile: dict):
         r = reported["params_m"]
         params.add_row(f"[dim]reported ({r['source']})[/dim]", f"[dim]{r['value']:.2f} M[/dim]", "[dim]counting rule unstated[/dim]")
     yield params
+    if "memory_bank" in profile:
+        yield _bank_view(profile["memory_bank"], title)
+        return
 
     flops = Table(
         title=f"FLOPs (G): {title}",
@@ -161,6 +164,25 @@ def _profile_views(profile: dict):
         r = reported["flops_g"]
         flops.add_row(f"[dim]reported ({r['source']})[/dim]", "", f"[dim]{r['value']:.2f}[/dim]", "", "")
     yield flops
+
+
+def _bank_view(bank: dict, title: str):
+    from rich.table import Table
+
+    view = Table(
+        title=f"Memory bank on MVTec AD's training set: {title}",
+        caption=f"{bank['patch_grid']}x{bank['patch_grid']} patches per image, {bank['dims']}-d float32; the configured bank is {bank['bank']}",
+    )
+    for column in ("bank", "vectors", "x dims", "bytes"):
+        view.add_column(column, justify="right")
+    dims = bank["dims"]
+    for label, vectors in (
+        ("all patches (before the coreset)", bank["vectors_before_coreset"]),
+        ("coreset, one bank per class (total)", bank["vectors_per_class_total"]),
+        ("coreset, one bank for all classes", bank["vectors_unified"]),
+    ):
+        view.add_row(label, f"{vectors:,}", str(dims), f"{vectors * dims * 4 / 1e9:.2f} GB")
+    return view
 
 
 def _table4_view(rows: list[dict]):
