@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -120,30 +123,69 @@ def run_sweep(spec, args) -> int:
     results = Path(getattr(args, "results", None) or spec.results).expanduser().resolve()
     store = ResultStore(results)
     trials = spec.trials()
+    say_interrupted = run_once(lambda: say_unfinished(console, store, trials, interrupted=True))
     try:
-        with console.status("indexing the dataset to fix the run ids"):
-            resolve_run_ids(trials)
-        store.write_trials(spec.name, trials)
-        pending = pending_trials(store, trials)
-        say_plan(console, spec.name, results, trials, pending, store)
-        if pending:
-            _run_pending(spec, args, store, pending, console)
-        show_leaderboard_and_write_html(store, spec.name, console)
+        with exit_if_stuck_after_interrupt(say_interrupted):
+            with console.status("indexing the dataset to fix the run ids"):
+                resolve_run_ids(trials)
+            store.write_trials(spec.name, trials)
+            pending = pending_trials(store, trials)
+            say_plan(console, spec.name, results, trials, pending, store)
+            if pending:
+                _run_pending(spec, args, store, pending, console)
+            show_leaderboard_and_write_html(store, spec.name, console)
     except KeyboardInterrupt:
-        status = say_unfinished(console, store, trials, interrupted=True)
+        say_interrupted()
         stop_ray(RAY_STOP_TIMEOUT_S)
-        return status
+        return EXIT_INTERRUPTED
     return say_unfinished(console, store, trials, interrupted=False)
 
 
 RAY_STOP_TIMEOUT_S = 30.0
+INTERRUPT_GRACE_S = 45.0
 EXIT_INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
+
+
+def run_once(action):
+    """``action`` wrapped so that only its first call runs (from the driver or from the watchdog)."""
+    lock, done = threading.Lock(), []
+
+    def once():
+        with lock:
+            if not done:
+                done.append(action())
+
+    return once
+
+
+@contextmanager
+def exit_if_stuck_after_interrupt(say_interrupted):
+    """Ctrl-C raises KeyboardInterrupt as usual and starts a watchdog: should unwinding through Tune
+    and Ray hang (seen under heavy load), the watchdog names the unfinished cells and exits 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def watchdog():
+        time.sleep(INTERRUPT_GRACE_S)
+        say_interrupted()
+        stop_ray(RAY_STOP_TIMEOUT_S)
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    def on_interrupt(signum, frame):
+        threading.Thread(target=watchdog, daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def stop_ray(timeout_s: float) -> None:
     """Shut Ray down, waiting at most ``timeout_s``: an interrupted sweep must exit, not wait on trial actors."""
-    import threading
-
     import ray
 
     stopper = threading.Thread(target=ray.shutdown, daemon=True)
