@@ -33,6 +33,7 @@ levels in ``backbone_levels`` order) or ``"images"``, ``"label"`` (B,) long, ``"
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -285,10 +286,23 @@ def cv_squared(values: Tensor) -> Tensor:
     return values.var() / (values.mean() ** 2 + 1e-10)
 
 
-def topk_fraction_mean(maps: Tensor, fraction: float) -> Tensor:
-    """Mean of each map's top ceil(fraction * pixels) values; maps (B, H, W) -> (B,)."""
+@contextmanager
+def evaluation_mode(module: nn.Module):
+    """``module`` in eval mode for the block, then back in the mode it was in (predict may run mid-training)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def topk_fraction_mean(maps: Tensor, fraction: float, rounding: str = "ceil") -> Tensor:
+    """Mean of each map's top ceil (or, with rounding "floor", int) of fraction * pixels values, at
+    least one; maps (B, H, W) -> (B,). Dinomaly's max_ratio rounds down (655 pixels at 256^2)."""
     flat = maps.flatten(1)
-    k = max(1, int(math.ceil(fraction * flat.shape[1])))
+    count = fraction * flat.shape[1]
+    k = max(1, int(math.ceil(count)) if rounding == "ceil" else int(count))
     return flat.topk(k, dim=1).values.mean(1)
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from methods import register
-from methods.base import SHARED_CONFIG_SCHEMA, AnomalyMethod, Prediction, check_features
+from methods.base import SHARED_CONFIG_SCHEMA, AnomalyMethod, Prediction, check_features, evaluation_mode
 from methods.blocks.cosine import global_cosine_distance, pixel_cosine_distance_maps
 from methods.blocks.resnet_decoder import OneClassBottleneckEmbedding, ReverseResNetDecoder
 from methods.blocks.scoring import SMOOTHING_BOUNDARIES, gaussian_smooth
@@ -141,13 +141,9 @@ class RD4AD(AnomalyMethod):
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> Prediction:
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             maps = self.anomaly_maps(*self.reconstruct(batch["features"])).float()
             return Prediction(maps.flatten(1).amax(dim=1), maps)
-        finally:
-            self.train(was_training)
 
 
 def _check_strides(reductions: Sequence[int]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from methods.base import AnomalyMethod, Prediction, RoutingRecord, check_features, stack_routing
+from methods.base import AnomalyMethod, Prediction, RoutingRecord, check_features, evaluation_mode, stack_routing
 from methods.blocks.attention import neighbour_window
 from methods.blocks.jitter import FeatureJitter
 from methods.blocks.neck import MultiLevelFeatureNeck
@@ -89,11 +89,7 @@ class TokenReconstructionMethod(AnomalyMethod):
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> Prediction:
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             reconstruction, target = self.reconstruct(batch["features"])
             maps = self.anomaly_maps(reconstruction, target).float()
             return Prediction(self.image_scores(maps).float(), maps, self.routing_record())
-        finally:
-            self.train(was_training)
