@@ -45,6 +45,7 @@ _KNOWN_MODULES = {
     "moead": "methods.moead",
     "unilead": "methods.unilead",
     "patchcore": "methods.patchcore",
+    "dinomaly": "methods.dinomaly",
     "rd4ad": "methods.rd4ad",
 }
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}

@@ -95,3 +95,11 @@ def test_cli_errors_and_list(capsys):
     assert main(["profile", "--list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert {"uniad", "moead", "unilead"} <= {row["method"] for row in listing["available"]}
+
+
+def test_dinomaly_paper_profile_counts_61_4m_trainable(capsys):
+    assert main(["profile", "--method", "dinomaly", "--preset", "paper", "--no-backbone", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["params"]["trainable"] == profile["params"]["reconstruction"] == 61_425_408
+    assert profile["token_grid"] == [28, 28]
+    assert profile["macs"]["reconstruction"]["true"] == pytest.approx(48.7e9, rel=0.01)  # spec 4.6: about 49 GMACs per patch expert

@@ -6,7 +6,7 @@ max_of_average_pooled: UniAD's ``max`` score, the maximum of a stride-1 average 
 window is 16 px at 224 px (scaled with eval_size / 224 at other evaluation sizes).
 gaussian_smooth: separable Gaussian with an explicit sigma AND kernel size (both recorded); boundary
 "reflect" mirrors about the edge pixel (scipy's "mirror"), "symmetric" repeats it (scipy's default
-"reflect", what ``scipy.ndimage.gaussian_filter`` does).
+"reflect", what ``scipy.ndimage.gaussian_filter`` does), "zeros" pads with zeros (Dinomaly's Conv2d).
 max_mean_topk: UniLEAD's w1*max + w2*mean + w3*mean(top-k).
 """
 
@@ -37,7 +37,7 @@ def max_of_average_pooled(maps: Tensor, window: int) -> Tensor:
     return F.avg_pool2d(maps.unsqueeze(1), window, stride=1).flatten(1).amax(dim=1)
 
 
-SMOOTHING_BOUNDARIES = ("reflect", "symmetric")
+SMOOTHING_BOUNDARIES = ("reflect", "symmetric", "zeros")  # zeros: Dinomaly's padded Conv2d
 
 
 def gaussian_smooth(maps: Tensor, sigma: float, kernel_size: int, boundary: str = "reflect") -> Tensor:
@@ -59,9 +59,10 @@ def gaussian_smooth(maps: Tensor, sigma: float, kernel_size: int, boundary: str 
 
 
 def _pad(x: Tensor, radius: int, dim: int, boundary: str) -> Tensor:
-    """Pad ``radius`` values on both sides of ``dim``: torch's reflect, or symmetric (the edge value repeated)."""
-    if boundary == "reflect":
-        return F.pad(x, (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius), mode="reflect")
+    """Pad ``radius`` values on both sides of ``dim``: torch's reflect or zeros, or symmetric (the edge value repeated)."""
+    if boundary in ("reflect", "zeros"):
+        mode = "reflect" if boundary == "reflect" else "constant"
+        return F.pad(x, (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius), mode=mode)
     size = x.shape[dim]
     if radius > size:
         raise ValueError(f"symmetric padding of {radius} needs maps of at least {radius} pixels, got {size}")
