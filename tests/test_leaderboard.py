@@ -20,11 +20,11 @@ from harness.report.csv_table import render_csv
 from harness.report.html import choose_gallery_samples, render_html
 from harness.report.leaderboard import build_leaderboard
 from harness.report.markdown import render_markdown
-from harness.report.reported import load_reported
+from harness.reported import load_reported
 from harness.report.terminal import render_terminal
 from harness.results import ResultStore, TrialResult
 from harness.results.predictions import read_predictions, write_predictions
-from harness.sweep.run_id import trial_run_id
+from harness.identity import trial_run_id
 from harness.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent

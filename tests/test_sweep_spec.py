@@ -9,7 +9,7 @@ import yaml
 
 from harness.cli import main
 from harness.config import ConfigError, deep_merge, get_dotted, load_yaml, parse_assignment, set_dotted
-from harness.sweep.run_id import configuration_key, run_id, trial_run_id
+from harness.identity import configuration_key, run_id, trial_run_id
 from harness.sweep.spec import SweepError, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parent.parent

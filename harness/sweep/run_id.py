@@ -8,7 +8,6 @@ datasets: method versions, dataset fingerprints and ``resolve_run_ids`` for a sw
 from __future__ import annotations
 
 from harness.identity import canonical_json, trial_run_id
-from harness.identity import configuration_key, run_id  # noqa: F401  (imported from here by tests/test_sweep_spec.py)
 
 
 def method_version(method: str) -> str:
