@@ -171,6 +171,29 @@ def test_shipped_sweeps_are_valid_and_sized():
     ]
 
 
+
+def test_leaderboard_sweep_varies_the_method_itself():
+    """An axis over ``method`` (a key of base): each method with its own preset, method_config empty."""
+    spec = load_sweep(SWEEPS / "leaderboard.yaml")
+    trials = spec.trials()
+    methods_run = ["uniad", "moead", "unilead", "rd4ad", "dinomaly", "patchcore"]
+    assert len(trials) == 6 * 3
+    assert [t.config["method"] for t in trials] == [m for m in methods_run for _ in range(3)]
+    assert [t.seed for t in trials[:3]] == [0, 1, 2]
+    assert all(t.config["method_config"] == {} and t.config["preset"] == "cpu" for t in trials)
+    assert all(t.config["dataset"] == "embedded" for t in trials)
+    assert trials[9].label == "method=rd4ad seed=0" and trials[9].axes == {"method": "rd4ad", "seed": 0}
+    assert len({configuration_key(t.config) for t in trials}) == 6
+    assert spec.scaling.workers == 0 and spec.scaling.resources_per_worker == {"CPU": 1}
+
+
+def test_a_method_axis_checks_method_config_against_each_method():
+    found = issues_of({"name": "t", "base": {"method": "uniad", "method_config": {"routing": "top1"}},
+                       "axes": {"method": {"grid": ["unilead", "uniad"]}}})
+    assert "base.method_config.routing" in found and "uniad" in found["base.method_config.routing"]
+    found = issues_of({"name": "t", "base": {"method": "uniad"}, "axes": {"method": {"grid": ["uniad", "nosuch"]}}})
+    assert found["axes.method"].startswith("axes.method: got 'nosuch'")
+
 def test_sampled_axes_are_deterministic_and_shared_by_seeds(tmp_path):
     data = minimal(
         base={"method": "unilead"},
