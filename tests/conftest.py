@@ -8,6 +8,8 @@ import tempfile
 import pytest
 import torch
 
+from harness.data.fixtures import write_fixture
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -24,3 +26,9 @@ def private_harness_cache():
         os.environ.pop("HARNESS_CACHE", None)
     else:
         os.environ["HARNESS_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory):
+    """A small generic-layout dataset (64 px), written once per test module."""
+    return write_fixture("generic", tmp_path_factory.mktemp("generic"), size=64).root

@@ -15,18 +15,12 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from harness.data.fixtures import write_fixture
 from harness.training.context import WorkerContext
 from harness.training.loop import evaluate, fit, prepare_inputs, run_training
 from harness.training.trial_config import TrialConfig
 from methods.patchcore import ExactSearch, approximate_greedy_coreset, patch_embedding, random_projection
 
 SMALL = {"image_size": 64, "eval_size": 64, "batch_size": 4, "coreset_ratio": 0.1}
-
-
-@pytest.fixture(scope="module")
-def fixture_root(tmp_path_factory):
-    return write_fixture("generic", tmp_path_factory.mktemp("generic"), size=64).root
 
 
 def _config(root, **method_config):

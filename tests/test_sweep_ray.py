@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.data.fixtures import write_fixture
 from harness.results.predictions import read_maps
 from harness.results.store import ResultStore
 from ray_sweeps import (
@@ -43,11 +42,6 @@ pytestmark = pytest.mark.slow
 # in-process evaluation of its own final weights: the distributed part that must be exact is the
 # evaluation, sharded into whole batches by rank, and the accumulators' merge.
 LONG = {"epochs": 20}
-
-
-@pytest.fixture(scope="module")
-def fixture_root(tmp_path_factory):
-    return write_fixture("generic", tmp_path_factory.mktemp("generic"), size=64).root
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,6 @@ from harness.training.trial_config import TrialConfig
 SMALL = {"image_size": 128, "eval_size": 64, "epochs": 2, "batch_size": 4, "neighbour_window": 3}
 
 
-@pytest.fixture(scope="module")
-def fixture_root(tmp_path_factory):
-    return write_fixture("generic", tmp_path_factory.mktemp("generic"), size=64).root
-
-
 def _config(root, **method_config):
     return {"method": "unilead", "preset": "cpu", "dataset": "generic", "data_root": str(root), "seed": 3,
             "method_config": {**SMALL, **method_config}}
