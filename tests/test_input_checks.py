@@ -13,6 +13,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+import methods
 from harness.cli import main
 from harness.data.fixtures import write_fixture
 from harness.data.images import ImageReadError, read_rgb
@@ -120,7 +121,7 @@ def _sweep_file(tmp_path: Path, base: str) -> str:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--method", "nosuch"], "--method: got 'nosuch'; expected one of moead, uniad, unilead"),
+        (["train", "--method", "nosuch"], "--method: got 'nosuch'; expected one of "),  # the registered names follow
         (["train", "--method", "uniad", "--preset", "fast"], "--preset: got 'fast'; expected one of uniad's presets: cpu, paper"),
         (["train", "--method", "uniad", "--set", "epohcs=3"], "--set epohcs: got 'epohcs'; expected an option of uniad's cpu preset"),
         (["train", "--method", "uniad", "--set", "epochs=-1"], "--set epochs: got -1; expected an integer >= 1"),
@@ -139,6 +140,8 @@ def test_user_errors_are_one_message_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    if argv[1:3] == ["--method", "nosuch"]:
+        assert ", ".join(methods.available()) in err
 
 
 @pytest.mark.parametrize(
