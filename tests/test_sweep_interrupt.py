@@ -15,8 +15,8 @@ STUCK_AFTER_INTERRUPT = textwrap.dedent(
     runner.INTERRUPT_GRACE_S = 1.0
     said = runner.run_once(lambda: print("named the unfinished cells", flush=True))
     with runner.exit_if_stuck_after_interrupt(said):
-        print("running", flush=True)
         try:
+            print("running", flush=True)  # inside the try: the test interrupts as soon as it reads this
             time.sleep(60)
         except KeyboardInterrupt:
             time.sleep(60)  # a cleanup that never returns
