@@ -68,6 +68,19 @@ def reported_for(method: str, dataset: str, method_config: dict, reported=None) 
     return found
 
 
+def reported_elsewhere(method: str, dataset: str, method_config: dict, reported=None) -> list[ReportedValue]:
+    """What the papers report for this method on datasets other than ``dataset``: the values that
+    apply to this configuration, or (when none does) every value reported for the method, whose
+    ``config`` then says what it was reported for. One value per (dataset, metric), first wins."""
+    values = [v for v in (reported if reported is not None else load_reported())
+              if v.method == method and v.dataset not in ("any", dataset)]
+    applicable = [v for v in values if v.applies_to(method, v.dataset, method_config)]
+    chosen: dict[tuple[str, str], ReportedValue] = {}
+    for value in applicable or values:
+        chosen.setdefault((value.dataset, value.metric), value)
+    return list(chosen.values())
+
+
 def _frozen(value):
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v) for v in value)

@@ -20,6 +20,7 @@ from harness.report.csv_table import render_csv
 from harness.report.html import choose_gallery_samples, render_html
 from harness.report.leaderboard import build_leaderboard
 from harness.report.markdown import render_markdown
+from harness.report.table import reported_elsewhere_table
 from harness.reported import load_reported
 from harness.report.terminal import render_terminal
 from harness.results import ResultStore, TrialResult
@@ -241,3 +242,21 @@ def test_nothing_usable_left_is_a_clear_message(tmp_path, capsys):
     assert main(["leaderboard", str(store.root)]) == 1
     err = capsys.readouterr().err
     assert f"warning: left out {runs_file} (damaged)" in err and "Nothing usable is left in" in err
+
+
+def test_what_the_papers_report_on_other_datasets_is_shown_apart_with_the_settings_that_differ(populated):
+    board = build_leaderboard(populated, sweep="routing")
+    table = reported_elsewhere_table(board)
+    lines = {(row[0], row[2]): row for row in table.rows}
+    softmax_visa = lines[("routing=softmax", "visa")]
+    assert softmax_visa[3:5] == ["92.3", "98.7"] and softmax_visa[-2] == "UniLEAD: Table 1" and softmax_visa[-1] == "—"
+    assert ("routing=softmax", "mvtec_ad") not in lines  # the board's own dataset: in the main table, not here
+    # Table 3 reports gumbel_top1 on MVTec AD only, so on VisA the paper's number is for another routing: named.
+    assert lines[("routing=gumbel_top1", "visa")][-1] == "routing=softmax"
+
+    markdown = render_markdown(board)
+    assert "## Reported by the papers on other datasets" in markdown and "not comparable" in markdown
+    console = Console(record=True, width=250)
+    render_terminal(board, console)
+    assert "Reported by the papers on other datasets" in console.export_text()
+    assert "Reported by the papers on other datasets" in render_html(board, populated)

@@ -16,7 +16,14 @@ import numpy as np
 
 from harness.report import plots
 from harness.report.leaderboard import Leaderboard, LeaderboardRow
-from harness.report.table import TextTable, leaderboard_table, metric_title, per_class_table, report_heading
+from harness.report.table import (
+    TextTable,
+    leaderboard_table,
+    metric_title,
+    per_class_table,
+    report_heading,
+    reported_elsewhere_table,
+)
 from harness.results.predictions import Prediction, read_predictions
 from harness.results.store import ResultStore
 
@@ -38,6 +45,7 @@ def render_html(board: Leaderboard, store: ResultStore) -> str:
         f"<p class='note'>{html.escape(caption)}</p>",
         _table_html(summary),
         "".join(f"<p class='note'>{html.escape(note)}</p>" for note in summary.footnotes),
+        *_elsewhere_section(board),
         "<h2>Plots</h2>",
     ]
     for metric in [m for m in ("i_auroc", "p_auroc", "aupro") if m in board.metrics]:
@@ -55,6 +63,14 @@ def render_html(board: Leaderboard, store: ResultStore) -> str:
         + "\n".join(part for part in body if part)
         + "</body></html>\n"
     )
+
+
+def _elsewhere_section(board: Leaderboard) -> list[str]:
+    table = reported_elsewhere_table(board)
+    if not table.rows:
+        return []
+    return ["<h2>Reported by the papers on other datasets</h2>", f"<p class='note'>{html.escape(table.footnotes[0])}</p>",
+            _table_html(table)]
 
 
 def _table_html(table: TextTable) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.formatting import format_value
-from harness.reported import ReportedValue, reported_for
+from harness.reported import ReportedValue, reported_elsewhere, reported_for
 from harness.results.schema import STATUS_COMPLETE, STATUS_FAILED
 from harness.results.store import DAMAGED, ResultStore
 
@@ -82,6 +82,7 @@ class LeaderboardRow:
     per_class: dict[str, dict[str, MetricSummary]] = field(default_factory=dict)
     efficiency: dict[str, float | None] = field(default_factory=dict)
     reported: dict[str, ReportedValue] = field(default_factory=dict)
+    reported_elsewhere: list[ReportedValue] = field(default_factory=list)  # other datasets: context, not comparable
     order: int = 0
 
     @property
@@ -208,6 +209,7 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
         _summarise_metrics(row, [values_by_run.get(r["run_id"], []) for r in complete])
         row.efficiency = {column: _mean_of([r[column] for r in complete]) for column in EFFICIENCY_COLUMNS}
         row.reported = reported_for(row.method, row.dataset, row.method_config)
+        row.reported_elsewhere = reported_elsewhere(row.method, row.dataset, row.method_config)
         classes.update(row.per_class)
         metric_names.update(row.metrics)
 

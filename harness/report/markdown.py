@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from harness.report.leaderboard import Leaderboard
-from harness.report.table import TextTable, leaderboard_table, metric_title, per_class_table, report_heading
+from harness.report.table import (
+    TextTable,
+    leaderboard_table,
+    metric_title,
+    per_class_table,
+    report_heading,
+    reported_elsewhere_table,
+)
 
 
 def markdown_table(table: TextTable) -> str:
@@ -24,6 +31,9 @@ def render_markdown(board: Leaderboard) -> str:
         markdown_table(summary),
     ]
     parts += ["\n".join(f"- {note}" for note in summary.footnotes)] if summary.footnotes else []
+    elsewhere = reported_elsewhere_table(board)
+    if elsewhere.rows:
+        parts += ["## Reported by the papers on other datasets", elsewhere.footnotes[0], markdown_table(elsewhere)]
     for metric in board.metrics:
         parts += [f"## Per class: {metric_title(metric)}", markdown_table(per_class_table(board, metric))]
     return "\n\n".join(parts) + "\n"

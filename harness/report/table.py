@@ -111,6 +111,41 @@ def per_class_table(board: Leaderboard, metric: str) -> TextTable:
     return TextTable(headers, rows, ["complete"] * len(rows), [])
 
 
+ELSEWHERE_NOTE = ("reported by the papers on other datasets, at the papers' own scale (harness/reference/reported): "
+                  "context for the rows above, not comparable with them; the last column names a setting the "
+                  "paper's number was reported for that this row does not share")
+
+
+def reported_elsewhere_table(board: Leaderboard) -> TextTable:
+    """One line per (row, dataset): what the papers report for the row's method on datasets it was not run on."""
+    metrics = [m for m in METRIC_TITLES if any(v.metric == m for r in board.rows for v in r.reported_elsewhere)]
+    headers = ["Configuration", "Method", "Dataset"] + [f"{metric_title(m)} paper" for m in metrics] + ["Source", "Paper setting unlike this row"]
+    rows = []
+    for row in board.rows:
+        by_dataset: dict[str, dict] = {}
+        for value in row.reported_elsewhere:
+            by_dataset.setdefault(value.dataset, {})[value.metric] = value
+        for dataset, values in by_dataset.items():
+            first = next(iter(values.values()))
+            cells = [row.label, row.method, dataset]
+            cells += [f"{100 * values[m].value:.1f}" if m in values else DASH for m in metrics]
+            differs = {k: v for k, v in first.config if _config_value(row.method_config, k) != v}
+            cells += [_source_text(first), ", ".join(f"{k}={v}" for k, v in differs.items()) or DASH]
+            rows.append(cells)
+    return TextTable(headers, rows, ["complete"] * len(rows), [ELSEWHERE_NOTE] if rows else [])
+
+
+def _source_text(value) -> str:
+    """'UniLEAD: Table 1': the paper's short name (before any ':' or ' (') and the table."""
+    short = value.paper.split(":")[0].split(" (")[0].strip()
+    return value.source if value.source.startswith(short) else f"{short}: {value.source}"
+
+
+def _config_value(method_config: dict, key: str):
+    value = method_config.get(key)
+    return tuple(value) if isinstance(value, list) else value
+
+
 def format_reported(row: LeaderboardRow, metric: str) -> str:
     value = row.reported.get(metric)
     if value is None:

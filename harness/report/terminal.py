@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.report.leaderboard import Leaderboard
-from harness.report.table import TextTable, leaderboard_table, metric_title, per_class_table
+from harness.report.table import TextTable, leaderboard_table, metric_title, per_class_table, reported_elsewhere_table
 
 _ROW_STYLES = {"complete": "", "partial": "yellow", "failed": "red", "missing": "dim"}
 # The terminal shows the headline metrics; Markdown, HTML and CSV carry all of them.
@@ -37,6 +37,10 @@ def render_terminal(board: Leaderboard, console: Console | None = None, per_clas
         console.print(_rich_table(leaderboard_table(board, [], TERMINAL_EFFICIENCY), "Efficiency"))
     for note in table.footnotes:
         console.print(f"  {note}", style="dim" if note.startswith("*") else "yellow", markup=False, highlight=False)
+    elsewhere = reported_elsewhere_table(board)
+    if elsewhere.rows:
+        console.print(_rich_table(elsewhere, "Reported by the papers on other datasets"))
+        console.print(f"  {elsewhere.footnotes[0]}", style="dim", markup=False, highlight=False)
     if per_class:
         for metric in [m for m in TERMINAL_METRICS if m in board.metrics]:
             console.print(_rich_table(per_class_table(board, metric), f"Per class: {metric_title(metric)}"))
