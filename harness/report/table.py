@@ -113,13 +113,15 @@ def per_class_table(board: Leaderboard, metric: str) -> TextTable:
 
 ELSEWHERE_NOTE = ("reported by the papers on other datasets, at the papers' own scale (harness/reference/reported): "
                   "context for the rows above, not comparable with them; the last column names a setting the "
-                  "paper's number was reported for that this row does not share")
+                  "paper's number was reported for that this row does not share (— where none)")
 
 
 def reported_elsewhere_table(board: Leaderboard) -> TextTable:
     """One line per (row, dataset): what the papers report for the row's method on datasets it was not run on."""
     metrics = [m for m in METRIC_TITLES if any(v.metric == m for r in board.rows for v in r.reported_elsewhere)]
-    headers = ["Configuration", "Method", "Dataset"] + [f"{metric_title(m)} paper" for m in metrics] + ["Source", "Paper setting unlike this row"]
+    show_method = len({r.method for r in board.rows}) > 1
+    headers = ["Configuration"] + (["Method"] if show_method else []) + ["Dataset"]
+    headers += [f"{metric_title(m)} paper" for m in metrics] + ["Source", "Paper's own setting"]
     rows = []
     for row in board.rows:
         by_dataset: dict[str, dict] = {}
@@ -127,7 +129,7 @@ def reported_elsewhere_table(board: Leaderboard) -> TextTable:
             by_dataset.setdefault(value.dataset, {})[value.metric] = value
         for dataset, values in by_dataset.items():
             first = next(iter(values.values()))
-            cells = [row.label, row.method, dataset]
+            cells = [row.label] + ([row.method] if show_method else []) + [dataset]
             cells += [f"{100 * values[m].value:.1f}" if m in values else DASH for m in metrics]
             differs = {k: v for k, v in first.config if _config_value(row.method_config, k) != v}
             cells += [_source_text(first), ", ".join(f"{k}={v}" for k, v in differs.items()) or DASH]
