@@ -185,20 +185,21 @@ def prepare_inputs(trial: TrialConfig, context: WorkerContext, progress, use_fea
     method_config = methods.preset_config(trial.method, trial.preset, trial.method_config)
     samples = {split: sorted(index.split(split), key=lambda s: s.sample_id) for split in ("train", "test")}
     classes = {name: i for i, name in enumerate(sorted(index.classes))}
+    fingerprint = index.fingerprint()  # one stat of every file: the run id and the feature cache key share it
     kind = methods.get(trial.method).input_kind
-    parts = _INPUT_STAGES[kind](trial, method_config, index, samples, classes, context, progress, use_feature_cache)
+    parts = _INPUT_STAGES[kind](trial, method_config, fingerprint, samples, classes, context, progress, use_feature_cache)
     return TrainingInputs(
         trial=trial,
         method_config=method_config,
         index=index,
-        dataset_fingerprint=index.fingerprint(),
+        dataset_fingerprint=fingerprint,
         train_samples=samples["train"],
         test_samples=samples["test"],
         **parts,
     )
 
 
-def _feature_input(trial, method_config, index, samples, classes, context, progress, use_feature_cache) -> dict:
+def _feature_input(trial, method_config, fingerprint, samples, classes, context, progress, use_feature_cache) -> dict:
     """Feature input: the frozen backbone, the method built for its levels, both splits' features."""
     backbone = create_backbone(
         method_config["backbone"], method_config["backbone_levels"], weights=method_config.get("backbone_weights", "auto")
@@ -213,7 +214,7 @@ def _feature_input(trial, method_config, index, samples, classes, context, progr
     )
     key = FeatureKey(
         dataset=trial.dataset,
-        dataset_fingerprint=index.fingerprint(),
+        dataset_fingerprint=fingerprint,
         backbone=method_config["backbone"],
         weights_id=backbone.weights_id,
         levels=tuple(method_config["backbone_levels"]),
@@ -234,7 +235,7 @@ def _feature_input(trial, method_config, index, samples, classes, context, progr
     }
 
 
-def _image_input(trial, method_config, index, samples, classes, context, progress, use_feature_cache) -> dict:
+def _image_input(trial, method_config, fingerprint, samples, classes, context, progress, use_feature_cache) -> dict:
     """Image input: the method (it owns its encoder) and a seeded DataLoader pipeline over both splits."""
     method = methods.build(trial.method, trial.preset, trial.method_config, feature_channels=[], feature_reductions=[])
     workers = int(method_config.get("loader_workers", 2))
