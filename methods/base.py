@@ -27,7 +27,11 @@ harness branches on them:
   calls ``fit(batches)`` once over the whole training set, then evaluates as for any method.
 
 Batches are dicts: ``"features"`` (list of float32 tensors (B, C_l, H_l, W_l), the raw backbone
-levels in ``backbone_levels`` order) or ``"images"``, ``"label"`` (B,) long, ``"class_index"`` (B,) long.
+levels in ``backbone_levels`` order) or ``"images"``, ``"label"`` (B,) long, ``"class_index"`` (B,) long,
+``"index"`` (B,) long (each sample's position in its split, sorted by sample id: a per-sample seed
+that any worker count agrees on). Image input may add ``"modalities"`` (see ``ImageSpec``), the
+extra views ``augment`` returns (a dict: its keys become batch keys, ``"images"`` among them) and
+``"components"`` / ``"component_count"`` (see ``ComponentSpec``).
 """
 
 from __future__ import annotations
@@ -75,11 +79,39 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """How an image-input method wants its pixels: square resize to image_size, then (x - mean) / std."""
+    """How an image-input method wants its pixels: square resize to image_size, then (x - mean) / std.
+
+    ``modalities``: the named inputs per sample, in order. ``"rgb"`` is the image above; ``"depth"``
+    is the z channel of the sample's organised point cloud prepared as UniMMAD's official code does
+    (harness.data.depth.depth_tensor; ``depth_foreground_mask`` False skips the foreground masking).
+    With more than ``("rgb",)`` the batch carries ``"modalities"``: name -> (B, 3, S, S).
+    """
 
     image_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    modalities: tuple[str, ...] = ("rgb",)
+    depth_foreground_mask: bool = True
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What the offline component-mask stage computes for a method (AnomalyMoE, spec 4.3 / decision 22).
+
+    Masks come from k-means (``clusters`` per class) on frozen ``backbone`` features at ``level`` and
+    ``image_size``, after greedy coreset sampling of ``coreset_fraction`` of each image's patches; at
+    most ``clusters`` masks per image, each ``mask_size`` x ``mask_size`` bool. The batch carries
+    ``"components"`` (B, clusters, mask_size, mask_size) bool, zero-padded, and ``"component_count"`` (B,).
+    """
+
+    backbone: str
+    level: int
+    image_size: int
+    mask_size: int
+    clusters: int = 5
+    coreset_fraction: float = 0.01
+    weights: str = "auto"
+    seed: int = 0
 
 
 @dataclass
@@ -115,11 +147,20 @@ class RoutingRecord:
 
 @dataclass
 class Prediction:
-    """What ``predict`` returns: image_scores (B,), anomaly_maps (B, eval_size, eval_size) float32."""
+    """What ``predict`` returns: image_scores (B,), anomaly_maps (B, eval_size, eval_size) float32.
 
-    image_scores: Tensor
-    anomaly_maps: Tensor
-    routing: RoutingRecord | None = None
+    ``routing``: one RoutingRecord, or a list of them when layers route over different expert sets.
+    A method that normalises maps over a class's whole test set (``class_normalised``) returns
+    ``levels`` (name -> (B, h, w) raw maps) and ``level_weights`` (B, L) with image_scores and
+    anomaly_maps None; the loop gathers every class's per-level minima and maxima from all workers
+    and calls ``finish(prediction, minima, maxima)`` for the scores and maps.
+    """
+
+    image_scores: Tensor | None
+    anomaly_maps: Tensor | None
+    routing: RoutingRecord | list[RoutingRecord] | None = None
+    levels: dict[str, Tensor] | None = None
+    level_weights: Tensor | None = None
 
 
 class AnomalyMethod(nn.Module):
@@ -137,6 +178,7 @@ class AnomalyMethod(nn.Module):
     config_rules: ClassVar[tuple[Rule, ...]] = ()  # constraints across keys
     input_kind: ClassVar[str] = "features"  # one of INPUT_KINDS: what the loop's input stage feeds it
     fitted: ClassVar[bool] = False  # True: fit(batches) once instead of epochs of training_step
+    class_normalised: ClassVar[bool] = False  # True: predict gives raw levels, finish() normalises per class
 
     def __init__(self, config: dict[str, Any], feature_channels: Sequence[int], feature_reductions: Sequence[int]):
         super().__init__()
@@ -160,8 +202,28 @@ class AnomalyMethod(nn.Module):
 
     def augment(self, image: Tensor, generator: torch.Generator) -> Tensor:
         """For ``input_kind == "images"``: one training image (3, S, S), augmented with ``generator``
-        only (seeded per (seed, epoch, sample), so any worker count sees the same images); default: none."""
+        only (seeded per (seed, epoch, sample), so any worker count sees the same images); default: none.
+        May return a dict of named views (e.g. ``{"images": clean, "images_jittered": ...}``): each
+        becomes a batch key. Evaluation images are never augmented."""
         return image
+
+    def component_spec(self) -> ComponentSpec | None:
+        """For methods that read component masks (AnomalyMoE): what the offline stage computes; None: no masks."""
+        return None
+
+    def finish(self, prediction: Prediction, minima: dict[str, Tensor], maxima: dict[str, Tensor]) -> Prediction:
+        """For ``class_normalised`` methods: scores and maps from raw ``levels``, given each sample's class
+        minimum and maximum per level (name -> (B,)) over the class's whole test set."""
+        raise NotImplementedError(f"{self.name} declares class_normalised = True but does not implement finish()")
+
+    def parameters_reported_apart(self) -> dict[str, nn.Module]:
+        """Modules whose parameters are counted apart from ``trainable`` (a frozen prior generator, an
+        auxiliary estimator); profiles list them by name. Default: none."""
+        return {}
+
+    def example_batch(self, batch_size: int = 1) -> dict[str, Any]:
+        """A random batch shaped as the loop gives this method (profiling counts MACs on it)."""
+        raise NotImplementedError(f"{self.name} does not say what its batches look like (example_batch)")
 
     def fit(self, batches: Iterable[dict[str, Any]]) -> None:
         """For ``fitted`` methods: build the model's state in one pass over the training batches."""
