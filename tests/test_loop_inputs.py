@@ -164,3 +164,88 @@ def test_image_method_on_1_and_2_ray_train_workers_scores_and_maps_identically(f
         finally:
             ray.shutdown()
     assert len(one) == 10 and one == two
+
+
+# ------------------------------------------------------------------ class-normalised evaluation
+
+TINY_NORMALISED = "tiny_class_normalised_test"
+
+
+def register_tiny_normalised_method() -> None:
+    """The tiny autoencoder again, its two error levels min-max normalised over each class's test set."""
+    register_tiny_image_method()
+    if TINY_NORMALISED in methods.available():
+        return
+    base = methods.get(TINY_IMAGE)
+
+    class TinyClassNormalised(base):
+        class_normalised = True
+
+        @torch.no_grad()
+        def predict(self, batch):
+            error = self._error(batch["images"])
+            return Prediction(None, None, levels={"plain": error, "squared": error.square()},
+                              level_weights=torch.ones(len(error), 2))
+
+        def finish(self, prediction, minima, maxima):
+            self.ranges_seen = getattr(self, "ranges_seen", []) + [(minima, maxima)]
+            maps = sum((prediction.levels[n] - minima[n].view(-1, 1, 1)) / (maxima[n] - minima[n]).view(-1, 1, 1)
+                       for n in ("plain", "squared"))
+            return Prediction(maps.flatten(1).amax(1), maps)
+
+    from methods.base import Prediction
+
+    methods.register(TINY_NORMALISED)(TinyClassNormalised)
+
+
+class ThreadRankContext(WorkerContext):
+    """One in-process rank of a group run on threads: gather meets the other ranks at a barrier."""
+
+    def __init__(self, rank, world_size, slots, barrier):
+        super().__init__(rank=rank, world_size=world_size, device=torch.device("cpu"))
+        self.slots, self.barrier = slots, barrier
+
+    def gather(self, obj):
+        self.slots[self.rank] = obj
+        self.barrier.wait(timeout=120)
+        gathered = list(self.slots)
+        self.barrier.wait(timeout=120)
+        return gathered
+
+
+def _normalised_by_ranks(root, world_size: int) -> tuple[dict, list]:
+    import threading
+
+    from harness.training.loop import evaluate
+
+    register_tiny_normalised_method()
+    trial = TrialConfig.from_dict({**_config(root, loader_workers=0), "method": TINY_NORMALISED})
+    quiet = lambda stage, info: None  # noqa: E731
+    slots, barrier = [None] * world_size, threading.Barrier(world_size)
+    contexts = [ThreadRankContext(r, world_size, slots, barrier) for r in range(world_size)]
+    prepared = [prepare_inputs(trial, c, quiet, True) for c in contexts]
+    shards = [None] * world_size
+
+    def run(rank):
+        shards[rank] = evaluate(prepared[rank], prepared[rank].method, contexts[rank], quiet)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outputs = {row["sample_id"]: (row["score"], row["anomaly_map"].tobytes()) for s in shards for row in s.prediction_rows}
+    return outputs, [p.method for p in prepared]
+
+
+def test_class_normalised_levels_use_the_whole_class_and_agree_on_1_2_and_3_ranks(fixture_root):
+    one, (method,) = _normalised_by_ranks(fixture_root, 1)
+    assert len(one) == 10
+    for world_size in (2, 3):
+        outputs, _ = _normalised_by_ranks(fixture_root, world_size)
+        assert outputs == one
+    # The ranges finish() saw are each class's extremes over its whole test set: some sample reaches 0 and 2.
+    maps = {sid: np.frombuffer(m, dtype=np.float16) for sid, (_, m) in one.items()}
+    for cls in {sid.split("/")[0] for sid in maps}:
+        values = np.concatenate([m for sid, m in maps.items() if sid.startswith(cls + "/")]).astype(np.float32)
+        assert values.min() == pytest.approx(0.0, abs=1e-3) and values.max() == pytest.approx(2.0, abs=2e-3)

@@ -65,6 +65,7 @@ class BatchSource:
             **inputs,
             "label": torch.tensor([int(s.label) for s in samples], dtype=torch.long, device=device),
             "class_index": torch.tensor([self.class_to_index[s.class_name] for s in samples], device=device),
+            "index": torch.tensor(list(rows), dtype=torch.long, device=device),
         }
 
 
@@ -87,10 +88,12 @@ def augmentation_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """One split's images for a DataLoader: key (index, epoch) -> (3, S, S) normalised float32.
+    """One split's images for a DataLoader: key (index, epoch) -> a dict of this sample's input tensors.
 
-    With an epoch the image goes through ``augment(image, generator)`` seeded by
-    ``augmentation_seed(seed, epoch, index)``, so a worker process computes the same image as any other.
+    ``"images"``: (3, S, S) normalised rgb; with more modalities than rgb, ``"modalities"``: name ->
+    (3, S, S) in the spec's order (depth prepared by harness.data.depth). With an epoch the rgb image
+    goes through ``augment(image, generator)`` seeded by ``augmentation_seed(seed, epoch, index)``, so a
+    worker process computes the same image as any other; a dict it returns adds its views as keys.
     """
 
     def __init__(self, samples: Sequence[Sample], spec, augment, seed: int):
@@ -99,27 +102,71 @@ class ImageSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int | None]) -> torch.Tensor:
+    def __getitem__(self, key: tuple[int, int | None]) -> dict:
         index, epoch = key
-        image = image_tensor(self.samples[index], self.spec.image_size, self.spec.mean, self.spec.std)
+        sample = self.samples[index]
+        image = image_tensor(sample, self.spec.image_size, self.spec.mean, self.spec.std)
+        item = {"images": image}
+        if tuple(self.spec.modalities) != ("rgb",):
+            item["modalities"] = {name: self._modality(sample, name, image) for name in self.spec.modalities}
         if epoch is None:
-            return image
+            return item
         generator = torch.Generator()
         generator.manual_seed(augmentation_seed(self.seed, epoch, index))
-        return self.augment(image, generator)
+        views = self.augment(image, generator)
+        item.update(views if isinstance(views, dict) else {"images": views})
+        if "modalities" in item and "rgb" in item["modalities"]:
+            item["modalities"]["rgb"] = item["images"]
+        return item
+
+    def _modality(self, sample: Sample, name: str, rgb: torch.Tensor) -> torch.Tensor:
+        if name == "rgb":
+            return rgb
+        from harness.data.depth import depth_tensor  # the official depth preparation (UniMMAD)
+
+        return depth_tensor(sample.images["xyz"], self.spec.image_size, foreground_mask=self.spec.depth_foreground_mask)
+
+
+def check_modalities(samples: dict[str, list[Sample]], modalities: Sequence[str], dataset: str) -> None:
+    """Before any work: every sample has the files its modalities are read from (depth needs xyz)."""
+    needs = {"rgb": "rgb", "depth": "xyz"}
+    unknown = [m for m in modalities if m not in needs]
+    if unknown:
+        raise ValueError(f"unknown modality {unknown[0]!r}; known modalities: {', '.join(needs)}")
+    for name in modalities:
+        for split, split_samples in samples.items():
+            lacking = [s for s in split_samples if needs[name] not in s.images]
+            if lacking:
+                raise ValueError(
+                    f"modality {name!r} needs each sample's {needs[name]!r} file, but {len(lacking)} {split} sample(s) of "
+                    f"dataset {dataset!r} have none (first: {lacking[0].sample_id}); use a dataset with point clouds "
+                    f"(mvtec_3d, embedded_3d) or set method_config.modalities to [rgb]"
+                )
 
 
 class ImageBatches(BatchSource):
     """``input_kind == "images"``: images read, resized, normalised (and augmented) by a DataLoader's
-    worker processes, in exactly the batches the loop asks for (its batch sampler)."""
+    worker processes, in exactly the batches the loop asks for (its batch sampler); component masks
+    (split -> ComponentMasks) are added by row when the method reads them."""
 
-    def __init__(self, samples, class_to_index, spec, augment, seed: int, workers: int):
+    def __init__(self, samples, class_to_index, spec, augment, seed: int, workers: int, components: dict | None = None):
         super().__init__(samples, class_to_index)
         self.sets = {split: ImageSet(split_samples, spec, augment, seed) for split, split_samples in samples.items()}
         self.workers = workers
+        self.components = components or {}
 
     def batches(self, split, batch_rows, device, epoch=None):
         keys = [[(i, epoch) for i in rows] for rows in batch_rows]
         loader = torch.utils.data.DataLoader(self.sets[split], batch_sampler=keys, num_workers=self.workers)
-        for rows, images in zip(batch_rows, loader):
-            yield rows, self._batch(split, rows, {"images": images.to(device, non_blocking=True)}, device)
+        for rows, items in zip(batch_rows, loader):
+            inputs = _to_device(items, device)
+            if split in self.components:
+                masks, counts = self.components[split].rows(rows)
+                inputs.update(components=masks.to(device), component_count=counts.to(device))
+            yield rows, self._batch(split, rows, inputs, device)
+
+
+def _to_device(value, device: torch.device):
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value.to(device, non_blocking=True)

@@ -36,7 +36,7 @@ from harness.metrics import METRIC_VERSION, MetricAccumulator
 from harness.results.predictions import write_predictions
 from harness.training.context import WorkerContext
 from harness.training.feature_cache import FeatureCache, FeatureKey, cached_features
-from harness.training.inputs import BatchSource, FeatureBatches, ImageBatches, ground_truth
+from harness.training.inputs import BatchSource, FeatureBatches, ImageBatches, check_modalities, ground_truth
 from harness.training.trial_config import TrialConfig
 
 
@@ -238,8 +238,11 @@ def _feature_input(trial, method_config, fingerprint, samples, classes, context,
 def _image_input(trial, method_config, fingerprint, samples, classes, context, progress, use_feature_cache) -> dict:
     """Image input: the method (it owns its encoder) and a seeded DataLoader pipeline over both splits."""
     method = methods.build(trial.method, trial.preset, trial.method_config, feature_channels=[], feature_reductions=[])
+    spec = method.image_spec()
+    check_modalities(samples, spec.modalities, trial.dataset)
     workers = int(method_config.get("loader_workers", 2))
-    source = ImageBatches(samples, classes, method.image_spec(), method.augment, trial.seed, workers)
+    components = _component_masks(trial, method, fingerprint, samples, use_feature_cache, progress)
+    source = ImageBatches(samples, classes, spec, method.augment, trial.seed, workers, components)
     return {
         "method": method,
         "source": source,
@@ -248,6 +251,23 @@ def _image_input(trial, method_config, fingerprint, samples, classes, context, p
         "features_cached": False,
         "feature_seconds": 0.0,
     }
+
+
+def _component_masks(trial, method, fingerprint, samples, use_cache: bool, progress) -> dict | None:
+    """The offline component masks of both splits (computed once per dataset and spec, then cached)."""
+    spec = method.component_spec()
+    if spec is None:
+        return None
+    from harness.components import component_masks
+
+    masks = {}
+    for split, split_samples in samples.items():
+        progress("components", {"split": split, "total": len(split_samples), "advance": 0})
+        masks[split] = component_masks(
+            trial.dataset, fingerprint, split, split_samples, spec, use_cache=use_cache,
+            progress=lambda n, split=split: progress("components", {"split": split, "advance": n}),
+        )
+    return masks
 
 
 _INPUT_STAGES = {"features": _feature_input, "images": _image_input}  # keyed by methods.base.INPUT_KINDS
@@ -377,23 +397,72 @@ def evaluation_batches(n: int, batch_size: int, context: WorkerContext) -> list[
 
 
 def evaluate(inputs: TrainingInputs, model: torch.nn.Module, context: WorkerContext, progress) -> EvaluatedShard:
-    """Score this worker's batches of the test set: metric state, per-sample scores and maps."""
+    """Score this worker's batches of the test set: metric state, per-sample scores and maps.
+
+    A class-normalised method (AnomalyMoE) is scored in two passes: its raw level maps first, then,
+    once every worker's per-class level minima and maxima are merged (min and max merge exactly, in
+    any order), the final maps, so any number of workers gives the same bytes."""
     started = time.time()
     model.eval()
     batches = evaluation_batches(len(inputs.test_samples), int(inputs.method_config["batch_size"]), context)
     shard = EvaluatedShard(MetricAccumulator(), [], [], [], 0.0)
     progress("eval", {"total": sum(len(rows) for rows in batches), "advance": 0})
+    predicted = []
     for rows, batch in inputs.source.batches("test", batches, context.device):
-        _evaluate_batch(inputs, [inputs.test_samples[i] for i in rows], batch, shard)
+        samples = [inputs.test_samples[i] for i in rows]
+        with torch.no_grad():
+            prediction = inputs.method.predict(batch)
+        if inputs.method.class_normalised:
+            predicted.append((samples, _to_cpu(prediction)))
+        else:
+            _record_prediction(inputs, samples, prediction, shard)
         progress("eval", {"advance": len(rows)})
+    if inputs.method.class_normalised:
+        ranges = merged_level_ranges(context.gather(level_ranges(predicted)))
+        for samples, prediction in predicted:
+            lows, highs = _sample_ranges(ranges, [s.class_name for s in samples])
+            _record_prediction(inputs, samples, inputs.method.finish(prediction, lows, highs), shard)
     shard.seconds = time.time() - started
     return shard
 
 
-def _evaluate_batch(inputs: TrainingInputs, samples: list, batch: dict, shard: EvaluatedShard) -> None:
+def _to_cpu(prediction):
+    levels = {name: level.detach().cpu() for name, level in prediction.levels.items()}
+    weights = prediction.level_weights.detach().cpu() if prediction.level_weights is not None else None
+    return methods.Prediction(None, None, prediction.routing, levels, weights)
+
+
+def level_ranges(predicted: list) -> dict[tuple[str, str], tuple[float, float]]:
+    """(class, level) -> (min, max) of the raw level maps of this worker's predictions."""
+    ranges: dict[tuple[str, str], tuple[float, float]] = {}
+    for samples, prediction in predicted:
+        for name, level in prediction.levels.items():
+            flat = level.flatten(1)
+            for sample, low, high in zip(samples, flat.amin(1).tolist(), flat.amax(1).tolist()):
+                key = (sample.class_name, name)
+                old = ranges.get(key, (low, high))
+                ranges[key] = (min(old[0], low), max(old[1], high))
+    return ranges
+
+
+def merged_level_ranges(shards: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
+    merged: dict[tuple[str, str], tuple[float, float]] = {}
+    for ranges in shards:
+        for key, (low, high) in ranges.items():
+            old = merged.get(key, (low, high))
+            merged[key] = (min(old[0], low), max(old[1], high))
+    return merged
+
+
+def _sample_ranges(ranges: dict, class_names: list[str]) -> tuple[dict, dict]:
+    names = sorted({level for _, level in ranges})
+    lows = {n: torch.tensor([ranges[(c, n)][0] for c in class_names], dtype=torch.float32) for n in names}
+    highs = {n: torch.tensor([ranges[(c, n)][1] for c in class_names], dtype=torch.float32) for n in names}
+    return lows, highs
+
+
+def _record_prediction(inputs: TrainingInputs, samples: list, prediction, shard: EvaluatedShard) -> None:
     class_names = [s.class_name for s in samples]
-    with torch.no_grad():
-        prediction = inputs.method.predict(batch)
     maps = prediction.anomaly_maps.float().cpu().numpy().astype(np.float16)
     scores = prediction.image_scores.float().cpu().numpy()
     shard.accumulator.update(
@@ -415,8 +484,9 @@ def _evaluate_batch(inputs: TrainingInputs, samples: list, batch: dict, shard: E
         }
         shard.sample_rows.append(row)
         shard.prediction_rows.append({**row, "anomaly_map": anomaly_map})
-    if prediction.routing is not None:
-        shard.routing_records.append((prediction.routing, class_names))
+    routing = prediction.routing
+    for record in routing if isinstance(routing, list) else [routing] if routing is not None else []:
+        shard.routing_records.append((record, class_names))
 
 
 # ------------------------------------------------------------------------------------ record

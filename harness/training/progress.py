@@ -1,4 +1,4 @@
-"""Progress bars for one training run: feature extraction, epochs, evaluation."""
+"""Progress bars for one training run: feature extraction, component masks, epochs, evaluation."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ class TrainingProgress:
         return self._tasks[name]
 
     def update(self, stage: str, info: dict) -> None:
-        if stage == "features":
-            task = self._task(f"features-{info['split']}", f"backbone features ({info['split']})", info.get("total"))
+        if stage in ("features", "components"):
+            label = "backbone features" if stage == "features" else "component masks"
+            task = self._task(f"{stage}-{info['split']}", f"{label} ({info['split']})", info.get("total"))
             if "completed" in info:
                 self._progress.update(task, completed=info["completed"], info=info.get("info", ""))
             else:
