@@ -112,10 +112,13 @@ def profile_method(
     overrides: dict[str, Any] | None = None,
     *,
     with_backbone: bool = True,
+    with_macs: bool = True,
 ) -> dict[str, Any]:
     """A JSON-ready profile of ``name``/``preset``: parameter counts and MACs (see module docstring)."""
     from harness.backbones import create_backbone
 
+    if methods.get(name).input_kind == "images":
+        return profile_image_method(name, preset, overrides, with_macs=with_macs)
     config = methods.preset_config(name, preset, overrides)
     backbone = create_backbone(config["backbone"], config["backbone_levels"], weights="random") if with_backbone else None
     if backbone is not None:
@@ -126,7 +129,7 @@ def profile_method(
     recon = method.reconstruction_module()
     image_size = int(config["image_size"])
     bank = method.memory_bank_size(mvtec_ad_train_images())
-    macs = count_macs(method.reconstruct, random_features(method)) if bank is None else MacCount(0, 0)
+    macs = count_macs(method.reconstruct, random_features(method)) if bank is None and with_macs else MacCount(0, 0)
     profile: dict[str, Any] = {
         "method": name,
         "preset": preset,
@@ -152,6 +155,43 @@ def profile_method(
         profile["macs"]["with_backbone"] = {
             key: profile["macs"]["reconstruction"][key] + profile["macs"]["backbone"][key] for key in ("true", "masked_qk", "common")
         }
+    profile["reported"] = _reported(name, config)
+    return profile
+
+
+def profile_image_method(name: str, preset: str = "paper", overrides: dict[str, Any] | None = None, *, with_macs: bool = True) -> dict[str, Any]:
+    """The profile of a method that owns its encoders (input_kind "images"), built with random weights.
+
+    ``trainable`` leaves out the modules the method reports apart (a frozen prior generator, an
+    auxiliary estimator, a frozen encoder), listed under ``apart`` by name; MACs are one ``predict``
+    on the method's ``example_batch`` (every module it runs, frozen ones included)."""
+    overrides = {**(overrides or {}), "backbone_weights": "random"}
+    config = methods.preset_config(name, preset, overrides)
+    method = methods.build(name, preset, overrides, feature_channels=[], feature_reductions=[]).eval()
+    apart = method.parameters_reported_apart()
+    apart_ids = {id(p) for module in apart.values() for p in module.parameters()}
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad and id(p) not in apart_ids)
+    recon = method.reconstruction_module()
+    profile: dict[str, Any] = {
+        "method": name,
+        "preset": preset,
+        "overrides": {k: v for k, v in overrides.items() if k != "backbone_weights"},
+        "image_size": int(config["image_size"]),
+        "token_grid": None,
+        "backbone": config["backbone"],
+        "params": {
+            "trainable": trainable,
+            "reconstruction": parameter_count(recon),
+            "reconstruction_thop_style": thop_style_parameter_count(recon),
+            "backbone": None,
+            "with_backbone": trainable + sum(parameter_count(m) for m in apart.values()),
+            "apart": {label: parameter_count(module) for label, module in apart.items()},
+        },
+        "macs": {},
+    }
+    if with_macs:
+        count = count_macs(method.predict, method.example_batch(1))
+        profile["macs"]["with_backbone"] = asdict(count) | {"common": count.common}
     profile["reported"] = _reported(name, config)
     return profile
 

@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bottlenecks", help="UniLEAD adapter bottleneck widths, comma-separated, e.g. 16,32 (a Table 4 row)")
     parser.add_argument("--table4", action="store_true", help="UniLEAD's Table 4: all ten bottleneck sets, ours beside the paper's")
     parser.add_argument("--no-backbone", action="store_true", help="skip building and counting the backbone (faster)")
+    parser.add_argument("--no-macs", action="store_true", help="count parameters only (a paper-size forward on a CPU can take a minute)")
     parser.add_argument("--list", action="store_true", help="list the methods, their presets, and any that cannot be imported")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
@@ -78,7 +79,7 @@ def run(args) -> int:
         raise ConfigError("--bottlenecks applies to --method unilead only")
     overrides = _overrides(args)  # user errors reach harness.cli: one message, exit 2
     try:
-        profile = profiling.profile_method(args.method, args.preset, overrides, with_backbone=not args.no_backbone)
+        profile = profiling.profile_method(args.method, args.preset, overrides, with_backbone=not args.no_backbone, with_macs=not args.no_macs)
     except ValueError as exc:  # a valid config the graph cannot take, e.g. a window as wide as the token grid
         print(f"harness profile: error: {exc}", file=sys.stderr)
         return 2
@@ -140,6 +141,8 @@ def _profile_views(profile: dict):
         ("trainable + backbone", "with_backbone"),
     ):
         params.add_row(label, _m(p[key]), "-" if p[key] is None else f"{p[key]:,}")
+    for label, count in p.get("apart", {}).items():
+        params.add_row(f"reported apart: {label.replace('_', ' ')}", _m(count), f"{count:,}")
     if "params_m" in reported:
         r = reported["params_m"]
         params.add_row(f"[dim]reported ({r['source']})[/dim]", f"[dim]{r['value']:.2f} M[/dim]", "[dim]counting rule unstated[/dim]")
