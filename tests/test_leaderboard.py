@@ -261,3 +261,30 @@ def test_what_the_papers_report_on_other_datasets_is_shown_apart_with_the_settin
     render_terminal(board, console)
     assert "Reported by the papers on other datasets" in console.export_text()
     assert "Reported by the papers on other datasets" in render_html(board, populated)
+
+
+def test_a_multi_modal_method_puts_its_modalities_in_a_column(tmp_path):
+    from harness.report.table import leaderboard_table
+
+    store = ResultStore(tmp_path / "results")
+    for modalities, value in ((["rgb"], 0.81), (["rgb", "depth"], 0.93)):
+        config = {"method": "unimmad", "preset": "cpu", "dataset": "embedded_3d", "data_root": None, "seed": 0,
+                  "method_config": {"modalities": modalities}}
+        run = {"run_id": trial_run_id(config, "1", "fingerprint"), "sweep": "modalities", "label": "", "method": "unimmad",
+               "preset": "cpu", "dataset": "embedded_3d", "seed": 0, "config_json": config,
+               "method_config_json": {"modalities": modalities, "epochs": 2}}
+        metrics = [{"class_name": "mean", "metric": "i_auroc", "value": value}]
+        store.write_run(TrialResult(run, metrics, [], []), provenance=False)
+    table = leaderboard_table(build_leaderboard(store))
+    column = table.headers.index("Modalities")
+    assert [row[column] for row in table.rows] == ["rgb+depth", "rgb"]  # ranked by I-AUROC
+    assert "Modalities" not in leaderboard_table(build_leaderboard(populated_store_without_modalities(tmp_path))).headers
+
+
+def populated_store_without_modalities(tmp_path):
+    store = ResultStore(tmp_path / "plain")
+    config = {"method": "uniad", "preset": "cpu", "dataset": "embedded", "data_root": None, "seed": 0, "method_config": {}}
+    run = {"run_id": trial_run_id(config, "1", "fingerprint"), "sweep": "plain", "label": "", "method": "uniad",
+           "preset": "cpu", "dataset": "embedded", "seed": 0, "config_json": config, "method_config_json": {"epochs": 2}}
+    store.write_run(TrialResult(run, [{"class_name": "mean", "metric": "i_auroc", "value": 0.9}], [], []), provenance=False)
+    return store

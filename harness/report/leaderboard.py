@@ -86,6 +86,11 @@ class LeaderboardRow:
     order: int = 0
 
     @property
+    def modalities(self) -> str:
+        """The inputs the row's runs read, e.g. "rgb+depth"; "rgb" for a method with no modality setting."""
+        return "+".join(self.method_config.get("modalities") or ["rgb"])
+
+    @property
     def complete_run_ids(self) -> list[str]:
         return [c.run_id for c in self.cells if c.status == STATUS_COMPLETE]
 

@@ -65,14 +65,17 @@ def report_heading(board: Leaderboard) -> tuple[str, str]:
 
 
 def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, efficiency: tuple[str, ...] = EFFICIENCY_COLUMNS) -> TextTable:
-    """Rank, configuration, (method/dataset when they vary), seeds, metrics (+ paper), efficiency, status."""
+    """Rank, configuration, (method/dataset when they vary, modalities when a multi-modal method is there),
+    seeds, metrics (+ paper), efficiency, status."""
     metrics = board.metrics if metrics is None else [m for m in metrics if m in board.metrics]
     show_method = len({r.method for r in board.rows}) > 1
     show_dataset = len({r.dataset for r in board.rows}) > 1
+    show_modalities = any("modalities" in r.method_config for r in board.rows)  # a multi-modal method is on the board
     reported_metrics = {m for r in board.rows for m in r.reported if m in metrics}
     efficiency_columns = [c for c in efficiency if any(r.efficiency.get(c) is not None for r in board.rows)]
 
     headers = ["#", "Configuration"] + (["Method"] if show_method else []) + (["Dataset"] if show_dataset else [])
+    headers += ["Modalities"] if show_modalities else []
     headers.append("Seeds")
     for metric in metrics:
         headers.append(metric_title(metric))
@@ -86,6 +89,7 @@ def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, effi
         cells = [str(rank) if row.complete_run_ids else DASH, row.label]
         cells += [row.method] if show_method else []
         cells += [row.dataset] if show_dataset else []
+        cells += [row.modalities] if show_modalities else []
         cells.append(row.seeds_text)
         for metric in metrics:
             cells.append(format_summary(row.metrics.get(metric)))
