@@ -10,7 +10,7 @@ import yaml
 from harness.cli import main
 from harness.config import ConfigError, deep_merge, get_dotted, load_yaml, parse_assignment, set_dotted
 from harness.identity import configuration_key, run_id, trial_run_id
-from harness.sweep.spec import SweepError, load_sweep, parse_sweep
+from harness.sweep.spec import SweepError, apply_overrides, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
@@ -279,3 +279,36 @@ def test_dry_run_prints_trials_and_bad_file_exits_2(tmp_path, capsys):
     assert main(["sweep", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "base.preset: got 'fast'; expected one of uniad's presets: cpu, paper" in err
+
+
+def test_studies_sweep_each_method_over_its_own_axes():
+    data = {
+        "name": "t",
+        "base": {"method": "moead", "method_config": {"epochs": 2}},
+        "studies": [
+            {"name": "moead", "axes": {"method_config.experts": {"grid": [2, 4]}}},
+            {"name": "unilead", "base": {"method": "unilead", "method_config": {"routing": "top1"}},
+             "axes": {"method_config.bottlenecks": {"grid": [[16], [16, 32]]}}},
+        ],
+        "seeds": [0, 1],
+    }
+    trials = parse_sweep(data).trials()
+    assert [t.index for t in trials] == list(range(8))
+    assert [(t.config["method"], t.seed) for t in trials] == [("moead", 0), ("moead", 1)] * 2 + [("unilead", 0), ("unilead", 1)] * 2
+    assert trials[0].config["method_config"] == {"epochs": 2, "experts": 2}
+    assert trials[4].config["method_config"] == {"epochs": 2, "routing": "top1", "bottlenecks": [16]}
+    assert trials[4].label == "study=unilead bottlenecks=16 seed=0"
+    # a command-line method option goes to the studies whose method has it, wins over a study's own
+    # value, and drops the axis it sets; one no method has is an error naming it
+    data["studies"][1]["base"]["method_config"]["epochs"] = 3
+    spec = parse_sweep(apply_overrides(data, {}, ["method_config.epochs=1", "method_config.experts=8"]))
+    assert {t.config["method_config"]["epochs"] for t in spec.trials()} == {1}
+    assert [t.config["method_config"].get("experts") for t in spec.trials()] == [8, 8, None, None, None, None]
+    assert any("axis is dropped" in n for n in spec.notes)
+    with pytest.raises(SweepError, match="base.method_config.colour"):
+        parse_sweep(apply_overrides(data, {}, ["method_config.colour=1"]))
+    # a study's mistakes are named where the study says them
+    found = issues_of({**data, "studies": [{"base": {"method": "unilead", "method_config": {"routing": "sparse"}}},
+                                           {"axes": {"method_config.experts": {"grid": [0]}}}, {"colour": 1}]})
+    assert "studies[0].base.method_config.routing" in found and "studies[1].axes.method_config.experts" in found
+    assert "studies[2].colour" in found

@@ -146,7 +146,7 @@ def print_dry_run(spec, console, resolve_ids: bool = False) -> int:
         console.print(spec.description, markup=False, highlight=False)
     console.print(
         f"{len(trials)} trials = {configurations} configuration(s) x {len(spec.seeds)} seed(s)"
-        f"{f' (sampled axes drawn {spec.tune.num_samples}x per grid point)' if any(a.sampled for a in spec.axes) else ''}"
+        f"{f' (sampled axes drawn {spec.tune.num_samples}x per grid point)' if any(a.sampled for a in spec.all_axes) else ''}"
     )
     asha = spec.tune.asha
     scheduler = f"ASHA on {asha.metric} ({asha.mode}, max_t {asha.max_t}, grace {asha.grace_period})" if asha else "none"

@@ -26,7 +26,8 @@ from typing import Any
 from harness.config import ConfigIssue, ConfigProblems, load_yaml, parse_assignment, set_dotted, show_value
 from harness.formatting import format_value
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "seeds", "tune", "scaling", "results")
+TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "studies", "seeds", "tune", "scaling", "results")
+STUDY_KEYS = ("name", "base", "axes")
 BASE_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "method_config")
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SAMPLED_KINDS = ("choice", "uniform", "loguniform", "randint")
@@ -113,6 +114,20 @@ class Trial:
 
 
 @dataclass
+class Study:
+    """One block of a sweep: a base (the sweep's base with the study's keys laid over it) and its axes.
+
+    A sweep without ``studies`` is one study; with them, each study is expanded like a sweep of its
+    own (the sweep's axes and its own), and the trials follow one another in file order, so one file
+    can sweep several methods over the axes each of them has."""
+
+    name: str
+    base: dict
+    axes: list[Axis]
+    where: str = ""  # "" for the sweep's own base and axes, "studies[i]." for a study's
+
+
+@dataclass
 class SweepSpec:
     name: str
     description: str
@@ -124,9 +139,17 @@ class SweepSpec:
     results: Path
     source: str = "<sweep>"
     notes: list[str] = field(default_factory=list)
+    studies: list[Study] = field(default_factory=list)
 
     def trials(self) -> list[Trial]:
         return expand(self)
+
+    def each_study(self) -> list[Study]:
+        return self.studies or [Study("", self.base, self.axes)]
+
+    @property
+    def all_axes(self) -> list[Axis]:
+        return [axis for study in self.each_study() for axis in study.axes]
 
 
 # ---------------------------------------------------------------- loading and CLI overrides
@@ -156,11 +179,49 @@ def apply_overrides(raw: dict, overrides: dict, assignments: list[str]) -> dict:
         base_key = key[len("base."):] if key.startswith("base.") else key
         if not isinstance(data.get("base"), dict):
             data["base"] = {}
-        set_dotted(data["base"], base_key, value)
-        if isinstance(data.get("axes"), dict) and base_key in data["axes"]:
-            del data["axes"][base_key]
+        studies = _studies_taking(data, base_key)
+        if not studies:
+            set_dotted(data["base"], base_key, value)
+        dropped = _drop_axis(data, base_key)
+        for study in studies:
+            study.setdefault("base", {})
+            set_dotted(study["base"], base_key, value)  # the command line wins over a study's own value
+            dropped = _drop_axis(study, base_key) or dropped
+        if dropped:
             data.setdefault("_notes", []).append(f"{base_key} set on the command line; its axis is dropped")
     return data
+
+
+def _studies_taking(data: dict, key: str) -> list[dict]:
+    """With studies, a method_config key set on the command line goes to the studies whose method has
+    it (``--set top_k=1`` in a sweep of several methods); other keys, or none taking it, go to base."""
+    studies = [s for s in data.get("studies") or [] if isinstance(s, dict)]
+    if not studies or not key.startswith("method_config."):
+        return []
+    import methods
+
+    option = key.split(".")[1]
+    taking = []
+    for study in studies:
+        own = study.get("base") if isinstance(study.get("base"), dict) else {}
+        name = own.get("method", data["base"].get("method"))
+        try:
+            schema = methods.get(name).config_schema
+        except Exception:  # an unknown method is reported by validation, with its name
+            continue
+        if option in schema:
+            taking.append(study)
+    return taking
+
+
+def _drop_axis(section: dict, key: str) -> bool:
+    if isinstance(section.get("axes"), dict) and key in section["axes"]:
+        del section["axes"][key]
+        return True
+    return False
+
+
+
 
 
 # ---------------------------------------------------------------- validation
@@ -193,8 +254,9 @@ def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
         base = {}
     base = _validate_base(base, bad)
     axes = _validate_axes(raw.get("axes", {}), bad)
+    studies = _validate_studies(raw.get("studies"), base, axes, bad)
     seeds = _validate_seeds(raw.get("seeds", [0]), bad)
-    tune = _validate_tune(raw.get("tune", {}) or {}, axes, bad)
+    tune = _validate_tune(raw.get("tune", {}) or {}, axes + [a for study in studies for a in study.axes], bad)
     scaling = _validate_scaling(raw.get("scaling", {}) or {}, bad)
     results = raw.get("results", DEFAULT_RESULTS)
     if not isinstance(results, (str, Path)) or not str(results):
@@ -212,6 +274,7 @@ def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
         results=Path(results).expanduser().resolve(),
         source=source,
         notes=notes,
+        studies=studies,
     )
     _validate_trial_configs(spec, issues)
     if issues:
@@ -235,6 +298,40 @@ def _validate_base(base: dict, bad) -> dict:
         bad("base.method_config", base["method_config"], "a mapping of method options, e.g. {epochs: 3}")
         base["method_config"] = {}
     return base
+
+
+def _validate_studies(studies: Any, base: dict, axes: list[Axis], bad) -> list[Study]:
+    """Each study's base laid over the sweep's (method_config merged key by key) and its axes after the sweep's."""
+    if studies is None:
+        return []
+    if not isinstance(studies, list) or not studies:
+        bad("studies", studies, "a non-empty list of mappings with 'base' and/or 'axes' (one block per method, say)")
+        return []
+    parsed = []
+    for i, study in enumerate(studies):
+        where = f"studies[{i}]"
+        if not isinstance(study, dict):
+            bad(where, study, "a mapping with keys name, base, axes")
+            continue
+        for key in study:
+            if key not in STUDY_KEYS:
+                bad(f"{where}.{key}", study[key], f"one of {', '.join(STUDY_KEYS)}")
+        own = study.get("base") or {}
+        if not isinstance(own, dict):
+            bad(f"{where}.base", own, "a mapping of base keys laid over the sweep's base")
+            own = {}
+        merged = copy.deepcopy(base)
+        for key, value in own.items():
+            if key not in BASE_KEYS:
+                bad(f"{where}.base.{key}", value, f"one of {', '.join(BASE_KEYS)}")
+            elif key == "method_config" and isinstance(value, dict):
+                merged["method_config"] = {**merged["method_config"], **copy.deepcopy(value)}
+            else:
+                merged[key] = copy.deepcopy(value)
+        study_bad = lambda key, value, expected: bad(f"{where}.{key}", value, expected)  # noqa: E731
+        own_axes = _validate_axes(study.get("axes", {}), study_bad)
+        parsed.append(Study(str(study.get("name", f"study{i}")), merged, axes + own_axes, f"{where}."))
+    return parsed
 
 
 def _validate_axes(axes: Any, bad) -> list[Axis]:
@@ -406,51 +503,62 @@ def _validate_trial_configs(spec: SweepSpec, issues: list[ConfigIssue]) -> None:
     from harness.training.trial_config import dataset_issues, method_issues
 
     _resolve_data_root(spec)
-    swept = {axis.key for axis in spec.axes}
     reported = {issue.key for issue in issues}
     seen: set[tuple] = set()
     checked: dict[str, list[ConfigIssue]] = {}
-    for trial in expand(spec):
-        c = trial.config
-        found = method_issues(c.get("method"), c.get("preset"), c.get("method_config"))
-        dataset_args = (c.get("dataset"), c.get("data_root"), c.get("classes"), c.get("expect"))
-        memo_key = repr(dataset_args)
-        if memo_key not in checked:
-            checked[memo_key] = dataset_issues(*dataset_args)
-        for issue in found + checked[memo_key]:
-            where = f"axes.{issue.key}" if issue.key in swept else f"base.{issue.key}"
-            ident = (where, show_value(issue.value), issue.expected)
-            if where not in reported and ident not in seen:
-                seen.add(ident)
-                issues.append(ConfigIssue(where, issue.value, issue.expected))
+    for study in spec.each_study():
+        swept = {axis.key for axis in study.axes}
+        for trial in _expand_study(study, spec.seeds, spec.tune):
+            c = trial.config
+            found = method_issues(c.get("method"), c.get("preset"), c.get("method_config"))
+            dataset_args = (c.get("dataset"), c.get("data_root"), c.get("classes"), c.get("expect"))
+            memo_key = repr(dataset_args)
+            if memo_key not in checked:
+                checked[memo_key] = dataset_issues(*dataset_args)
+            for issue in found + checked[memo_key]:
+                where = f"{study.where}axes.{issue.key}" if issue.key in swept else f"{study.where}base.{issue.key}"
+                ident = (where, show_value(issue.value), issue.expected)
+                if where not in reported and ident not in seen:
+                    seen.add(ident)
+                    issues.append(ConfigIssue(where, issue.value, issue.expected))
 
 
 def _resolve_data_root(spec: SweepSpec) -> None:
     """An existing data_root becomes absolute: Ray workers change directory."""
-    data_root = spec.base.get("data_root")
-    if isinstance(data_root, (str, Path)) and Path(data_root).expanduser().is_dir():
-        spec.base["data_root"] = str(Path(data_root).expanduser().resolve())
+    for base in [spec.base] + [study.base for study in spec.studies]:
+        data_root = base.get("data_root")
+        if isinstance(data_root, (str, Path)) and Path(data_root).expanduser().is_dir():
+            base["data_root"] = str(Path(data_root).expanduser().resolve())
 
 
 # ---------------------------------------------------------------- expansion
 
 
 def expand(spec: SweepSpec) -> list[Trial]:
-    """All trials of a sweep, in a stable order: grid product x samples x seeds (seed innermost)."""
-    grid_axes = [axis for axis in spec.axes if not axis.sampled]
-    sampled_axes = [axis for axis in spec.axes if axis.sampled]
-    rng = random.Random(spec.tune.sample_seed)
+    """All trials of a sweep, in a stable order: study by study, grid product x samples x seeds (seed innermost)."""
+    trials: list[Trial] = []
+    for study in spec.each_study():
+        for trial in _expand_study(study, spec.seeds, spec.tune):
+            trial.index = len(trials)
+            trials.append(trial)
+    return trials
+
+
+def _expand_study(study: Study, seeds: list[int], tune: TuneSettings) -> list[Trial]:
+    grid_axes = [axis for axis in study.axes if not axis.sampled]
+    sampled_axes = [axis for axis in study.axes if axis.sampled]
+    rng = random.Random(tune.sample_seed)
     trials: list[Trial] = []
     for grid_point in itertools.product(*(axis.values for axis in grid_axes)):
-        for _ in range(spec.tune.num_samples if sampled_axes else 1):
+        for _ in range(tune.num_samples if sampled_axes else 1):
             values = {axis.key: copy.deepcopy(value) for axis, value in zip(grid_axes, grid_point)}
             values.update({axis.key: axis.draw(rng) for axis in sampled_axes})
-            for seed in spec.seeds:
-                config = copy.deepcopy(spec.base)
+            for seed in seeds:
+                config = copy.deepcopy(study.base)
                 for key, value in values.items():
                     set_dotted(config, key, value)
                 config["seed"] = seed
-                axes = {**values, "seed": seed}
+                axes = {**({"study": study.name} if study.where else {}), **values, "seed": seed}
                 trials.append(Trial(len(trials), config, axes, trial_label(axes)))
     return trials
 
