@@ -288,3 +288,16 @@ def populated_store_without_modalities(tmp_path):
            "preset": "cpu", "dataset": "embedded", "seed": 0, "config_json": config, "method_config_json": {"epochs": 2}}
     store.write_run(TrialResult(run, [{"class_name": "mean", "metric": "i_auroc", "value": 0.9}], [], []), provenance=False)
     return store
+
+
+def test_routing_heatmaps_split_by_modality_and_expert_set():
+    from harness.report.html import routing_groups
+
+    rows = [{"layer": f"s1.k3.{m}.{kind}", "expert": f"{kind[:-1]}{i}", "class_name": "c", "selection_freq": 0.5,
+             "gate_mean": 0.5} for m in ("rgb", "depth") for kind, n in (("leaders", 4), ("bases", 2)) for i in range(n)]
+    groups = routing_groups(rows)
+    assert sorted(groups) == ["depth bases", "depth leaders", "rgb bases", "rgb leaders"]
+    assert {r["expert"] for r in groups["rgb leaders"]} == {"leader0", "leader1", "leader2", "leader3"}
+    plain = [{"layer": f"decoder.{l}", "expert": f"adapter_d{d}", "class_name": "c", "selection_freq": 0.1, "gate_mean": 0.2}
+             for l in range(2) for d in (16, 32)]
+    assert list(routing_groups(plain)) == [""]

@@ -95,8 +95,32 @@ def _routing_section(board: Leaderboard) -> list[str]:
     for row in board.rows:
         ids = set(row.complete_run_ids)
         rows = [r for r in board.routing if r["run_id"] in ids]
-        parts.append(_img(plots.expert_usage_heatmap(rows, f"{row.label}: selection frequency"), f"usage {row.label}"))
+        for group, group_rows in routing_groups(rows).items():
+            title = f"{row.label}: {group + ', ' if group else ''}selection frequency"
+            parts.append(_img(plots.expert_usage_heatmap(group_rows, title), f"usage {row.label} {group}"))
     return parts
+
+
+MODALITY_NAMES = ("rgb", "depth", "ir")
+
+
+def routing_groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """Routing rows split into one heatmap each: by modality where a layer name says one (UniMMAD's
+    "s2.k3.depth.leaders") and by the expert set a layer routes over (its 32 leaders, its 8 bases)."""
+    experts_of: dict[str, set[str]] = {}
+    for r in rows:
+        experts_of.setdefault(r["layer"], set()).add(r["expert"])
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        parts = r["layer"].split(".")
+        modality = next((p for p in parts if p in MODALITY_NAMES), "")
+        groups.setdefault((modality, tuple(sorted(experts_of[r["layer"]]))), []).append(r)
+    several_sets = len({experts for _, experts in groups}) > 1
+    named = {}
+    for (modality, experts), group_rows in groups.items():
+        kind = plots.expert_family(experts[0]) if several_sets else ""
+        named[" ".join(p for p in (modality, kind) if p)] = group_rows
+    return named
 
 
 def _gallery_section(board: Leaderboard, store: ResultStore) -> list[str]:

@@ -149,6 +149,12 @@ def anomaly_map_gallery(items: list[GalleryItem], vmax: float | None = None) -> 
     return _png(figure)
 
 
+def expert_family(name: str) -> str:
+    """'leaders' for 'leader7', 'bases' for 'base0': the plural of an expert name without its number."""
+    stem = name.rstrip("0123456789").rstrip("_")
+    return stem if stem.endswith("s") else f"{stem}s"
+
+
 def _natural(name: str):
     digits = "".join(ch for ch in name if ch.isdigit())
     return (name.rstrip("0123456789"), int(digits) if digits else -1, name)
