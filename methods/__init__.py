@@ -47,6 +47,7 @@ _KNOWN_MODULES = {
     "patchcore": "methods.patchcore",
     "dinomaly": "methods.dinomaly",
     "rd4ad": "methods.rd4ad",
+    "unimmad": "methods.unimmad",
 }
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}
 _IMPORT_ERRORS: dict[str, str] = {}

@@ -10,6 +10,9 @@ the ReLU after the residual sum (for reconstructing signed features; torchvision
 ``de_resnet`` repeat: kaiming-normal (fan_out, ReLU) for every ``nn.Conv2d``, batch-norm weight 1
 and bias 0. ``nn.ConvTranspose2d`` is not an ``nn.Conv2d``, so transposed convolutions keep
 PyTorch's default initialisation, as in the official code.
+BasicBlock: torchvision's two-3x3 block; with ``upsample`` the first 3x3 is the 2x2 stride-2 transposed
+convolution of RD4AD's ``de_resnet.BasicBlock``; the shortcut is whatever module the caller gives
+(UniMMAD's FCM uses a bare 1x1 convolution and a 4x4 transposed convolution, spec 3.2).
 """
 
 from __future__ import annotations
@@ -57,6 +60,27 @@ class Bottleneck(nn.Module):
         identity = x if self.shortcut is None else self.shortcut(x)
         out = out + identity
         return self.relu(out) if self.out_relu else out
+
+
+class BasicBlock(nn.Module):
+    """in -> 3x3 stride s, or 2x2 transposed stride 2 when upsampling -> BN ReLU -> 3x3 -> BN, + shortcut, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, upsample: bool = False, shortcut: nn.Module | None = None):
+        super().__init__()
+        if upsample and stride != 2:
+            raise ValueError(f"an upsampling basic block doubles the map size (stride 2), got stride {stride}")
+        self.conv1 = deconv2x2(in_channels, out_channels) if upsample else conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return self.relu(out + identity)
 
 
 def bottleneck_stage(
