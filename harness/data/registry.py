@@ -19,6 +19,8 @@ from harness.data.sample import Sample
 
 GENERIC = "generic"
 EMBEDDED = "embedded"
+EMBEDDED_3D = "embedded_3d"
+BUILT_ON_FIRST_USE = (EMBEDDED, EMBEDDED_3D)  # generated datasets: no root needed
 
 
 class DatasetError(ValueError):
@@ -163,8 +165,12 @@ def _default_root(name: str) -> Path:
         from harness.data.embedded import prepare_embedded  # built on first use; see harness/data/embedded.py
 
         return prepare_embedded()
+    if name == EMBEDDED_3D:
+        from harness.data.embedded_3d import prepare_embedded_3d  # built on first use; see harness/data/embedded_3d.py
+
+        return prepare_embedded_3d()
     raise DatasetError(f"dataset {name!r} needs a root folder: pass root=... (the folder holding the class folders); "
-                       f"only {EMBEDDED!r} is built automatically")
+                       f"only {' and '.join(map(repr, BUILT_ON_FIRST_USE))} are built automatically")
 
 
 def _card_for(name: str, root: Path, expected) -> DatasetCard:

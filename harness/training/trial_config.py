@@ -53,7 +53,7 @@ def method_issues(method: Any, preset: Any, method_config: Any) -> list[ConfigIs
 
 
 def dataset_issues(dataset: Any, data_root: Any, classes: Any, expect: Any) -> list[ConfigIssue]:
-    """The dataset is known, its root exists (every dataset but embedded needs one), the classes are its."""
+    """The dataset is known, its root exists (every dataset but the generated ones needs one), the classes are its."""
     from harness.data.registry import dataset_names
 
     names = dataset_names()
@@ -68,8 +68,10 @@ def dataset_issues(dataset: Any, data_root: Any, classes: Any, expect: Any) -> l
 
 
 def _path_issues(dataset: str, data_root: Any, expect: Any) -> list[ConfigIssue]:
+    from harness.data.registry import BUILT_ON_FIRST_USE
+
     issues = []
-    if data_root is None and dataset != EMBEDDED:
+    if data_root is None and dataset not in BUILT_ON_FIRST_USE:
         issues.append(ConfigIssue("data_root", None, f"the dataset's root folder: dataset {dataset} needs --data-root PATH"))
     elif data_root is not None and (not isinstance(data_root, (str, Path)) or not Path(data_root).expanduser().is_dir()):
         issues.append(ConfigIssue("data_root", data_root, "an existing folder (relative paths are read from the current directory)"))
