@@ -11,6 +11,7 @@ Examples:
   harness datasets prepare embedded --seed 0
   harness datasets prepare embedded_3d
   harness datasets fixture mvtec_loco /tmp/loco_fixture --variant missing_mask
+  harness datasets prepare-components embedded --method anomalymoe --preset cpu
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prepare.add_argument("name", choices=list(GENERATED_BUILDERS), help="the dataset to build")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the generated split and anomalies (default 0)")
     prepare.add_argument("--force", action="store_true", help="rebuild even if a copy already exists in the cache")
+    _add_prepare_components(sub)
 
     fixture = sub.add_parser("fixture", help="write a tiny dataset in an official layout (to see or test a layout)",
                              description="Write a tiny dataset (32x32 images) in LAYOUT under DIR, plus DIR/expected_card.yaml "
@@ -87,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             return _show(console, args.name)
         if command == "verify":
             return _verify(console, args)
+        if command == "prepare-components":
+            return _prepare_components(console, args)
         if command == "prepare":
             return _prepare(console, args)
         return _fixture(console, args)
@@ -220,3 +224,113 @@ def _fixture(console: Console, args: argparse.Namespace) -> int:
         console.print(f"planted problem {info.variant}: {info.broken}", soft_wrap=True)
     console.print(f"check it with: harness datasets verify {info.root} --dataset {info.dataset} --expect {card_path}", soft_wrap=True)
     return 0
+
+
+# ------------------------------------------------------------------------- prepare-components
+
+COMPONENT_OPTIONS = {"backbone": "--backbone", "level": "--level", "image_size": "--image-size", "mask_size": "--mask-size",
+                     "clusters": "--clusters", "coreset_fraction": "--coreset-fraction", "weights": "--weights", "seed": "--seed",
+                     "dataset": "DATASET", "data_root": "--data-root", "classes": "--classes", "method": "--method", "preset": "--preset"}
+
+
+def _add_prepare_components(sub) -> None:
+    components = sub.add_parser(
+        "prepare-components", help="compute and cache AnomalyMoE's component masks of a dataset",
+        description="Compute the offline component masks (AnomalyMoE, spec 4.3) of DATASET's train and test splits once and "
+                    "cache them: frozen features, a greedy coreset per image, k-means per class, Otsu masks. The spec comes "
+                    "from the method's component_spec() for --method/--preset; the --backbone ... --seed options replace "
+                    "its fields (and are all needed while the method cannot be built here).")
+    components.add_argument("dataset", help="dataset name (see `harness datasets list`), e.g. embedded")
+    components.add_argument("--data-root", default=None, help="dataset root folder (not needed for the embedded dataset)")
+    components.add_argument("--classes", default=None, help="comma-separated subset of classes")
+    components.add_argument("--method", default="anomalymoe", help="the method whose component_spec() to use (default anomalymoe)")
+    components.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="the method's preset (default cpu)")
+    components.add_argument("--backbone", default=None, help="timm backbone name, e.g. tf_efficientnet_lite0")
+    components.add_argument("--level", type=int, default=None, help="the backbone feature level (timm out_index)")
+    components.add_argument("--image-size", type=int, default=None, help="square input size of the backbone")
+    components.add_argument("--mask-size", type=int, default=None, help="side of the stored masks")
+    components.add_argument("--clusters", type=int, default=None, help="k-means clusters per class (official: 5)")
+    components.add_argument("--coreset-fraction", type=float, default=None, help="share of each image's patches kept by the greedy coreset (official: 0.01)")
+    components.add_argument("--weights", default=None, help="backbone weights: auto, packaged, hub, random or a state-dict path")
+    components.add_argument("--seed", type=int, default=None, help="seed of the coreset projection and k-means")
+    components.add_argument("--dense-crf", action="store_true", help="refine the heat with the official DenseCRF (needs pydensecrf)")
+    components.add_argument("--no-cache", action="store_true", help="compute without reading or writing the cache")
+
+
+def _component_spec_from(args: argparse.Namespace):
+    """The method's ComponentSpec with the explicit options put in; every problem named by its option."""
+    from dataclasses import fields, replace
+
+    import methods
+    from harness.components import component_spec_issues
+    from harness.config import ConfigIssue, ConfigProblems, renamed
+    from methods.base import ComponentSpec
+
+    source = "harness datasets prepare-components"
+    explicit = {f.name: getattr(args, f.name) for f in fields(ComponentSpec) if getattr(args, f.name) is not None}
+    spec = None
+    if args.method in methods.available():
+        spec = methods.build(args.method, args.preset, feature_channels=[], feature_reductions=[]).component_spec()
+        if spec is None:
+            raise ConfigProblems(source, [ConfigIssue("--method", args.method, "a method that reads component masks (anomalymoe)")])
+        spec = replace(spec, **explicit)
+    else:
+        required = ("backbone", "level", "image_size", "mask_size")
+        missing = [COMPONENT_OPTIONS[name] for name in required if name not in explicit]
+        if missing:
+            why = methods.unavailable().get(args.method, f"not one of {', '.join(methods.available())}")
+            raise ConfigProblems(source, [ConfigIssue("--method", args.method, f"a method that can be built here ({why}), "
+                                                      f"or the options {', '.join(missing)}")])
+        spec = ComponentSpec(**explicit)
+    issues = component_spec_issues(spec)
+    if issues:
+        raise ConfigProblems(source, renamed(issues, lambda key: COMPONENT_OPTIONS.get(key, key)))
+    return spec
+
+
+def _prepare_components(console: Console, args: argparse.Namespace) -> int:
+    from harness.commands._options import comma_list
+    from harness.components import component_masks
+    from harness.config import ConfigProblems, renamed
+    from harness.data.registry import load_dataset
+    from harness.training.trial_config import dataset_issues
+
+    classes = comma_list(args.classes)
+    issues = dataset_issues(args.dataset, args.data_root, classes, None)
+    if issues:
+        raise ConfigProblems("harness datasets prepare-components", renamed(issues, lambda key: COMPONENT_OPTIONS.get(key, key)))
+    spec = _component_spec_from(args)
+    index = load_dataset(args.dataset, args.data_root, classes=classes)
+    fingerprint = index.fingerprint()
+    console.print(f"component masks of {index.name} with {spec}", soft_wrap=True, highlight=False)
+    splits = {split: index.split(split) for split in ("train", "test")}
+    started = time.perf_counter()
+    results = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        for split, samples in splits.items():
+            task = progress.add_task(f"{split} components", total=len(samples))
+            results[split] = component_masks(
+                index.name, fingerprint, split, samples, spec, train_samples=splits["train"], use_cache=not args.no_cache,
+                progress=lambda n, task=task: progress.advance(task, n), dense_crf=args.dense_crf)
+    console.print(_components_table(results, f"{index.name}: component masks (k={spec.clusters}, {spec.mask_size} px)"))
+    for split, result in results.items():
+        state = "read from the cache" if result.loaded else ("computed" if result.path is None else "computed and cached")
+        console.print(f"{split}: {state}{f' at {result.path}' if result.path else ''}", soft_wrap=True, highlight=False)
+    console.print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _components_table(results: dict, title: str) -> Table:
+    """Per class and split: images, mean components per image, images with none."""
+    import numpy as np
+
+    table = Table(title=title)
+    for column in ("class", "split", "images", "mean components", "zero components"):
+        table.add_column(column, justify="left" if column in ("class", "split") else "right")
+    for split, result in results.items():
+        names = np.asarray(result.class_names)
+        for class_name in dict.fromkeys(result.class_names):
+            counts = result.counts[names == class_name]
+            table.add_row(class_name, split, str(len(counts)), f"{counts.mean():.2f}", str(int((counts == 0).sum())))
+    return table
