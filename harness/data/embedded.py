@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -224,12 +225,12 @@ def manifest_digest(entries: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
-def is_complete(root: Path) -> bool:
+def is_complete(root: Path, generator_version: int = GENERATOR_VERSION) -> bool:
     marker = Path(root) / COMPLETE_MARKER
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("generator_version") == GENERATOR_VERSION
+        return json.loads(marker.read_text()).get("generator_version") == generator_version
     except json.JSONDecodeError:
         return False
 
@@ -238,29 +239,39 @@ def prepare_embedded(seed: int = 0, force: bool = False, root: Path | None = Non
     """Generate the embedded dataset once (atomically) and return its root.
 
     The default root is cache_root()/embedded/v<GENERATOR_VERSION>-seed<seed>. An existing complete
-    tree is returned as is unless force is set. Generation writes into a temporary sibling folder
-    and renames it into place, so concurrent callers (e.g. Ray workers) never see a partial tree.
+    tree is returned as is unless force is set.
     """
-    root = Path(root) if root is not None else default_root(seed)
-    if is_complete(root) and not force:
+    def write_tree(staging: Path) -> None:
+        for class_index in range(len(CLASSES)):
+            write_class(staging, seed, class_index)
+
+    target = Path(root) if root is not None else default_root(seed)
+    return prepare_generated(target, GENERATOR_VERSION, seed, write_tree, force)
+
+
+def prepare_generated(root: Path, generator_version: int, seed: int, write_tree: Callable[[Path], None],
+                      force: bool = False) -> Path:
+    """Build a generated tree with ``write_tree(staging)`` in a staging folder, mark it complete
+    (version, seed, manifest digest) and rename it into place: concurrent callers (Ray workers)
+    never see a partial tree, and a complete one of this version is reused unless force is set."""
+    if is_complete(root, generator_version) and not force:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        for class_index in range(len(CLASSES)):
-            write_class(staging, seed, class_index)
+        write_tree(staging)
         entries = manifest(staging)
-        marker = {"generator_version": GENERATOR_VERSION, "seed": seed, "files": len(entries),
+        marker = {"generator_version": generator_version, "seed": seed, "files": len(entries),
                   "manifest_sha256": manifest_digest(entries)}
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         if root.exists():
-            if is_complete(root) and not force:  # another process finished first
+            if is_complete(root, generator_version) and not force:  # another process finished first
                 return root
             shutil.rmtree(root)
         try:
             os.rename(staging, root)
         except OSError:
-            if not is_complete(root):
+            if not is_complete(root, generator_version):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

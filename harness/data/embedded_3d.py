@@ -23,15 +23,11 @@ the defect and its defect-free twin share one noise draw (separate generator str
 the mask their written rgb and xyz are equal bit for bit. Every scan draws from
 SeedSequence([seed, class, split, defect, image]) and files carry no varying metadata: the same
 seed gives byte-identical trees, built once in a staging folder renamed into place
-(``prepare_generated``, which any generated dataset can use). The card is datasets/embedded_3d.yaml.
+(``harness.data.embedded.prepare_generated``, shared with the embedded dataset). The card is datasets/embedded_3d.yaml.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +37,7 @@ import tifffile
 from scipy import ndimage
 
 from harness.data.defects import STAIN_TINTS, blob_points, composite, ellipse_alpha, polygon_alpha
-from harness.data.embedded import COMPLETE_MARKER, _save_png, load_source, manifest, manifest_digest
+from harness.data.embedded import _save_png, load_source, prepare_generated
 from harness.paths import cache_root
 
 GENERATOR_VERSION = 1
@@ -292,16 +288,6 @@ def write_class(root: Path, seed: int, class_index: int) -> None:
             _write_scan(folder / "test" / defect, i, scan.rgb, scan.xyz, scan.mask)
 
 
-def is_complete(root: Path, generator_version: int = GENERATOR_VERSION) -> bool:
-    marker = Path(root) / COMPLETE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("generator_version") == generator_version
-    except json.JSONDecodeError:
-        return False
-
-
 def prepare_embedded_3d(seed: int = 0, force: bool = False, root: Path | None = None) -> Path:
     """Generate the dataset once and return its root: cache_root()/embedded_3d/v<GENERATOR_VERSION>-seed<seed>
     by default; a complete tree there is reused unless force is set."""
@@ -311,32 +297,3 @@ def prepare_embedded_3d(seed: int = 0, force: bool = False, root: Path | None = 
 
     target = Path(root) if root is not None else default_root(seed)
     return prepare_generated(target, GENERATOR_VERSION, seed, write_tree, force)
-
-
-def prepare_generated(root: Path, generator_version: int, seed: int, write_tree: Callable[[Path], None],
-                      force: bool = False) -> Path:
-    """Build a generated tree with ``write_tree(staging)`` in a staging folder, mark it complete
-    (version, seed, manifest digest) and rename it into place: concurrent callers (Ray workers)
-    never see a partial tree, and a complete one of this version is reused unless force is set."""
-    if is_complete(root, generator_version) and not force:
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write_tree(staging)
-        entries = manifest(staging)
-        marker = {"generator_version": generator_version, "seed": seed, "files": len(entries),
-                  "manifest_sha256": manifest_digest(entries)}
-        (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        if root.exists():
-            if is_complete(root, generator_version) and not force:  # another process finished first
-                return root
-            shutil.rmtree(root)
-        try:
-            os.rename(staging, root)
-        except OSError:
-            if not is_complete(root, generator_version):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
