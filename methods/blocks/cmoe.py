@@ -19,8 +19,10 @@ each pair's routed kernels are mixed by their scores first and the pair's two ke
 are applied to the whole batch in ONE convolution with groups = pairs (``grouped``; the official
 ``dynamic_conv_experts`` uses groups = pairs x 3 on a tripled input, the same sums). ``per_sample``
 is the reference: every pair's fixed and top-K experts run one by one. In eval mode without autograd
-the L leader kernels are computed once and cached (recomputed when training mode is entered or when
-the mixing or the bases change in place: an optimiser step or a state-dict load).
+the L leader kernels are computed once and cached, together with the leader and fixed kernels folded
+into ``post``'s 1x1 (linear too), so grouped inference is one grouped convolution of E outputs per pair
+then ``post``'s GN ReLU; the cache is recomputed when training mode is entered or when the mixing, the
+bases, the fixed expert or ``post`` change in place (an optimiser step, a state-dict load).
 
 Balance loss per router: CV^2 of the batch importance (mean softmax per leader; population variance
 over mean^2, eps 1e-8) plus z_loss_weight * mean(logsumexp(logits)^2); summed over the branches.
@@ -115,11 +117,24 @@ class MixtureInMixtureBranch(nn.Module):
         return compose_kernels(self.leader_mixing, bases)
 
     def cached_leader_kernels(self, bases: Tensor) -> Tensor:
-        """The leader kernels computed once per weight state (eval without autograd only)."""
-        stamp = (self.leader_mixing._version, bases._version, self.leader_mixing.data_ptr(), bases.data_ptr(), bases.device, bases.dtype)
+        """The L leader kernels computed once per weight state (eval without autograd only)."""
+        return self._cached(bases)["leaders"]
+
+    def _cached(self, bases: Tensor) -> dict[str, Tensor]:
+        """Leader kernels, and leader and fixed kernels folded into ``post``'s 1x1 (both linear), once per weight state."""
+        tensors = (self.leader_mixing, bases, self.fixed_expert, self.post[0].weight)
+        stamp = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
         if self._cache is None or self._cache[0] != stamp:
             with torch.no_grad():
-                self._cache = (stamp, self.leader_kernels(bases.float()))
+                leaders = self.leader_kernels(bases.float())
+                projection = self.post[0].weight.float()[:, :, 0, 0]  # (E, 2E): fixed half, routed half
+                e = projection.shape[0]
+                folded = {
+                    "leaders": leaders,
+                    "fixed_folded": torch.einsum("oc,cikj->oikj", projection[:, :e], self.fixed_expert.float()),
+                    "leaders_folded": torch.einsum("oc,lcikj->loikj", projection[:, e:], leaders),
+                }
+            self._cache = (stamp, folded)
         return self._cache[1]
 
     @property
@@ -145,6 +160,11 @@ class MixtureInMixtureBranch(nn.Module):
     def forward(self, key: Tensor, condition: Tensor, bases: Tensor) -> tuple[Tensor, Tensor, BranchRouting]:
         x = self.pre(key)
         probs, index, score, balance = self.router(condition)
+        routing = BranchRouting(probs, index, score, self.base_mixing(index, score))
+        if self.filtering == "grouped" and not self.training and not torch.is_grad_enabled():
+            cached = self._cached(bases)
+            projected = folded_dynamic_filtering(x, cached["fixed_folded"], cached["leaders_folded"][index], score)
+            return self.post[1:](projected), balance, routing
         kernels = self.routed_kernels(index, bases)
         if self.filtering == "grouped":
             filtered = grouped_dynamic_filtering(x, self.fixed_expert, kernels, score)
@@ -152,7 +172,7 @@ class MixtureInMixtureBranch(nn.Module):
             filtered = per_sample_dynamic_filtering(x, self.fixed_expert, kernels, score)
         else:
             raise ValueError(f"dynamic filtering must be one of {', '.join(FILTERING_MODES)}, got {self.filtering!r}")
-        return self.post(filtered), balance, BranchRouting(probs, index, score, self.base_mixing(index, score))
+        return self.post(filtered), balance, routing
 
     def base_mixing(self, index: Tensor, score: Tensor) -> Tensor:
         """(N, B): sum over a pair's selected leaders of score * softmax over bases, mean over output channels."""
@@ -173,6 +193,18 @@ def grouped_dynamic_filtering(x: Tensor, fixed: Tensor, routed: Tensor, score: T
     weight = kernels.reshape(n * 2 * e, e, k, k).to(x.dtype)
     y = F.conv2d(x.reshape(1, n * e, h, w), weight, padding=k // 2, groups=n)
     return y.view(n, 2 * e, h, w)
+
+
+def folded_dynamic_filtering(x: Tensor, fixed: Tensor, routed: Tensor, score: Tensor) -> Tensor:
+    """``post``'s 1x1 applied to ``grouped_dynamic_filtering``, as one grouped convolution of E outputs per pair.
+
+    fixed (E, E, k, k) and routed (N, K, E, E, k, k) are already folded into the 1x1 (see the cache).
+    """
+    n, e, h, w = x.shape
+    k = fixed.shape[-1]
+    kernels = fixed.unsqueeze(0) + torch.einsum("nt,ntcihw->ncihw", score.to(routed.dtype), routed)
+    y = F.conv2d(x.reshape(1, n * e, h, w), kernels.reshape(n * e, e, k, k).to(x.dtype), padding=k // 2, groups=n)
+    return y.view(n, e, h, w)
 
 
 def per_sample_dynamic_filtering(x: Tensor, fixed: Tensor, routed: Tensor, score: Tensor) -> Tensor:
