@@ -264,7 +264,7 @@ def _component_masks(trial, method, fingerprint, samples, use_cache: bool, progr
     for split, split_samples in samples.items():
         progress("components", {"split": split, "total": len(split_samples), "advance": 0})
         masks[split] = component_masks(
-            trial.dataset, fingerprint, split, split_samples, spec, use_cache=use_cache,
+            trial.dataset, fingerprint, split, split_samples, spec, train_samples=samples["train"], use_cache=use_cache,
             progress=lambda n, split=split: progress("components", {"split": split, "advance": n}),
         )
     return masks
