@@ -46,6 +46,7 @@ _KNOWN_MODULES = {
     "unilead": "methods.unilead",
     "patchcore": "methods.patchcore",
     "dinomaly": "methods.dinomaly",
+    "anomalymoe": "methods.anomalymoe",
     "rd4ad": "methods.rd4ad",
     "unimmad": "methods.unimmad",
 }

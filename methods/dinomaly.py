@@ -212,18 +212,23 @@ class Dinomaly(AnomalyMethod):
 
     def configure_optimizers(self):
         """StableAdamW over the bottleneck and decoder, WarmCosine stepped every iteration."""
-        c = self.config
-        optimizer = StableAdamW(
-            [p for p in self.parameters() if p.requires_grad],
-            lr=float(c["lr"]),
-            betas=tuple(float(b) for b in c["betas"]),
-            eps=float(c["eps"]),
-            weight_decay=float(c["weight_decay"]),
-            amsgrad=bool(c["amsgrad"]),
-            clip_threshold=float(c["update_clip"]),
-        )
-        scheduler = WarmCosineLR(optimizer, float(c["final_lr"]), int(c["iterations"]), int(c["warmup_iterations"]))
-        return optimizer, scheduler, "step"
+        return stable_adamw_warm_cosine([p for p in self.parameters() if p.requires_grad], self.config)
+
+
+def stable_adamw_warm_cosine(params, c: dict[str, Any]):
+    """(StableAdamW, WarmCosineLR, "step") from the config keys lr, betas, eps, weight_decay, amsgrad,
+    update_clip, final_lr, iterations and warmup_iterations (Dinomaly's; AnomalyMoE's too, spec 4.4)."""
+    optimizer = StableAdamW(
+        params,
+        lr=float(c["lr"]),
+        betas=tuple(float(b) for b in c["betas"]),
+        eps=float(c["eps"]),
+        weight_decay=float(c["weight_decay"]),
+        amsgrad=bool(c["amsgrad"]),
+        clip_threshold=float(c["update_clip"]),
+    )
+    scheduler = WarmCosineLR(optimizer, float(c["final_lr"]), int(c["iterations"]), int(c["warmup_iterations"]))
+    return optimizer, scheduler, "step"
 
 
 class EncoderLayers(nn.Module):

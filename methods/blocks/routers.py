@@ -12,6 +12,7 @@
 - ``first``: always adapter 0 with weight 1 (no router).
 
 ``TopKRouter`` is MoEAD's per-token Linear(D -> E): top-k of the raw logits, softmax over the k.
+``top_k_scatter`` is AnomalyMoE's per-image form: the same top-k softmax, scattered into a sparse E-vector.
 """
 
 from __future__ import annotations
@@ -107,3 +108,14 @@ class TopKRouter(nn.Module):
         logits = self.gate(tokens)
         values, index = logits.topk(self.top_k, dim=-1)
         return index, values.softmax(dim=-1), logits
+
+
+def top_k_scatter(logits: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """Raw logits (N, E) -> (weights (N, E), selected (N, E) bool): softmax over the ``top_k`` largest
+    logits scattered back into a sparse E-vector summing to 1, zeros elsewhere (AnomalyMoE, spec 4.2)."""
+    if not 1 <= top_k <= logits.shape[-1]:
+        raise ValueError(f"top_k={top_k} must be between 1 and the number of experts ({logits.shape[-1]})")
+    values, index = logits.topk(top_k, dim=-1)
+    weights = torch.zeros_like(logits).scatter(-1, index, values.softmax(dim=-1))
+    selected = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, index, True)
+    return weights, selected
