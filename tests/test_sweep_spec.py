@@ -94,7 +94,7 @@ def test_all_problems_are_reported_together_with_key_value_and_expectation(tmp_p
     assert found["scaling.workers"].startswith("scaling.workers: got -1; expected an integer >= 0")
     assert "expected one of workers, use_gpu, resources_per_worker" in found["scaling.gpus"]
     assert found["base.dataset"] == (
-        "base.dataset: got 'mvtec'; expected one of embedded, mvtec_3d, mvtec_ad, mvtec_loco, visa, generic"
+        "base.dataset: got 'mvtec'; expected one of embedded, embedded_3d, mvtec_3d, mvtec_ad, mvtec_loco, visa, generic"
     )
 
 
@@ -166,9 +166,16 @@ def test_shipped_sweeps_are_valid_and_sized():
     sets = [t.config["method_config"]["bottlenecks"] for t in bottlenecks]
     assert len(sets) == 10 and sets[0] == [16] and sets[-1] == [16, 32, 64, 128]
     experts = load_sweep(SWEEPS / "experts.yaml", assignments=["seeds=[0]"]).trials()
-    assert [(t.config["method_config"]["experts"], t.config["method_config"]["top_k"]) for t in experts] == [
+    moead = [t for t in experts if t.config["method"] == "moead"]
+    assert [(t.config["method_config"]["experts"], t.config["method_config"]["top_k"]) for t in moead] == [
         (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2)
     ]
+    unimmad = [t for t in experts if t.config["method"] == "unimmad"]
+    assert len(unimmad) == 16 and {t.config["dataset"] for t in unimmad} == {"embedded_3d"}
+    assert {tuple(t.config["method_config"]["modalities"]) for t in unimmad} == {("rgb",), ("rgb", "depth")}
+    anomalymoe = [t for t in experts if t.config["method"] == "anomalymoe"]
+    assert len(anomalymoe) == 16 and {t.config["method_config"]["component_experts"] for t in anomalymoe} == {0, 2}
+    assert len(experts) == 38
 
 
 
