@@ -207,6 +207,10 @@ class AnomalyMethod(nn.Module):
         becomes a batch key. Evaluation images are never augmented."""
         return image
 
+    def set_class_names(self, names: Sequence[str]) -> None:
+        """Called by the loop before any work with the dataset's class names in ``class_index`` order
+        (UniMMAD weighs its loss by class); default: nothing."""
+
     def component_spec(self) -> ComponentSpec | None:
         """For methods that read component masks (AnomalyMoE): what the offline stage computes; None: no masks."""
         return None

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.config import ConfigError
 from methods import register
 from methods.base import (
     SHARED_CONFIG_SCHEMA,
@@ -238,7 +239,7 @@ class UniMMAD(AnomalyMethod):
         weights = dict(self.config["loss_weights"])
         unknown = sorted(set(weights) - set(names))
         if unknown:
-            raise ValueError(f"unimmad: method_config.loss_weights names class(es) {unknown} that the dataset lacks; its classes: {', '.join(names)}")
+            raise ConfigError(f"unimmad: method_config.loss_weights names class(es) {unknown} that the dataset lacks; its classes: {', '.join(names)}")
         self._class_weights = torch.tensor([float(weights.get(name, 1.0)) for name in names])
 
     def configure_optimizers(self):

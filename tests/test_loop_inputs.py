@@ -249,3 +249,12 @@ def test_class_normalised_levels_use_the_whole_class_and_agree_on_1_2_and_3_rank
     for cls in {sid.split("/")[0] for sid in maps}:
         values = np.concatenate([m for sid, m in maps.items() if sid.startswith(cls + "/")]).astype(np.float32)
         assert values.min() == pytest.approx(0.0, abs=1e-3) and values.max() == pytest.approx(2.0, abs=2e-3)
+
+
+def test_depth_on_a_dataset_without_point_clouds_is_one_clear_message(fixture_root, capsys):
+    from harness.cli import main
+
+    code = main(["train", "--method", "unimmad", "--preset", "cpu", "--dataset", "generic", "--data-root", str(fixture_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "modality 'depth' needs each sample's 'xyz' file" in err and "Traceback" not in err
+    assert "set method_config.modalities to [rgb]" in err

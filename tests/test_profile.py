@@ -103,3 +103,20 @@ def test_dinomaly_paper_profile_counts_61_4m_trainable(capsys):
     assert profile["params"]["trainable"] == profile["params"]["reconstruction"] == 61_425_408
     assert profile["token_grid"] == [28, 28]
     assert profile["macs"]["reconstruction"]["true"] == pytest.approx(48.7e9, rel=0.01)  # spec 4.6: about 49 GMACs per patch expert
+
+
+def test_unimmad_paper_profile_reports_194_8m_trainable_and_the_prior_generator_apart(capsys):
+    assert main(["profile", "--method", "unimmad", "--preset", "paper", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["params"]["trainable"] == 194_811_660 and round(profile["params"]["trainable"] / 1e6, 1) == 194.8
+    assert profile["params"]["apart"] == {"prior_generator": 66_834_240}  # spec 3.8: the frozen prior WRN-50-2
+    assert profile["params"]["reconstruction"] == 23_034_466 + 23_362_658 + 24_019_042  # the three C-MoEs
+    assert profile["macs"]["with_backbone"]["true"] > 100e9  # encoder, FCM, priors of two modalities, C-MoEs at 256 px
+
+
+def test_anomalymoe_paper_profile_reports_452_5m_trainable_with_estimator_and_encoder_apart(capsys):
+    assert main(["profile", "--method", "anomalymoe", "--preset", "paper", "--json", "--no-macs"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["params"]["trainable"] == 452_454_610 and round(profile["params"]["trainable"] / 1e6, 1) == 452.5
+    assert profile["params"]["apart"] == {"club_estimator": 2_365_440, "encoder": 86_580_480}  # spec 4.6
+    assert profile["macs"] == {}

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from harness.config import ConfigError
 from harness.data.images import mask_channel_values, read_mask_stack, read_rgb
 from harness.data.sample import Sample
 
@@ -132,12 +133,12 @@ def check_modalities(samples: dict[str, list[Sample]], modalities: Sequence[str]
     needs = {"rgb": "rgb", "depth": "xyz"}
     unknown = [m for m in modalities if m not in needs]
     if unknown:
-        raise ValueError(f"unknown modality {unknown[0]!r}; known modalities: {', '.join(needs)}")
+        raise ConfigError(f"unknown modality {unknown[0]!r}; known modalities: {', '.join(needs)}")
     for name in modalities:
         for split, split_samples in samples.items():
             lacking = [s for s in split_samples if needs[name] not in s.images]
             if lacking:
-                raise ValueError(
+                raise ConfigError(
                     f"modality {name!r} needs each sample's {needs[name]!r} file, but {len(lacking)} {split} sample(s) of "
                     f"dataset {dataset!r} have none (first: {lacking[0].sample_id}); use a dataset with point clouds "
                     f"(mvtec_3d, embedded_3d) or set method_config.modalities to [rgb]"

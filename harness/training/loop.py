@@ -188,6 +188,7 @@ def prepare_inputs(trial: TrialConfig, context: WorkerContext, progress, use_fea
     fingerprint = index.fingerprint()  # one stat of every file: the run id and the feature cache key share it
     kind = methods.get(trial.method).input_kind
     parts = _INPUT_STAGES[kind](trial, method_config, fingerprint, samples, classes, context, progress, use_feature_cache)
+    parts["method"].set_class_names(list(classes))
     return TrainingInputs(
         trial=trial,
         method_config=method_config,
