@@ -176,6 +176,9 @@ def test_shipped_sweeps_are_valid_and_sized():
     anomalymoe = [t for t in experts if t.config["method"] == "anomalymoe"]
     assert len(anomalymoe) == 16 and {t.config["method_config"]["component_experts"] for t in anomalymoe} == {0, 2}
     assert len(experts) == 38
+    modalities = load_sweep(SWEEPS / "modalities.yaml").trials()
+    assert [tuple(t.config["method_config"]["modalities"]) for t in modalities] == [("rgb",)] * 3 + [("rgb", "depth")] * 3
+    assert {t.config["dataset"] for t in modalities} == {"embedded_3d"}
 
 
 
@@ -183,14 +186,14 @@ def test_leaderboard_sweep_varies_the_method_itself():
     """An axis over ``method`` (a key of base): each method with its own preset, method_config empty."""
     spec = load_sweep(SWEEPS / "leaderboard.yaml")
     trials = spec.trials()
-    methods_run = ["uniad", "moead", "unilead", "rd4ad", "dinomaly", "patchcore"]
-    assert len(trials) == 6 * 3
+    methods_run = ["uniad", "moead", "unilead", "rd4ad", "dinomaly", "patchcore", "anomalymoe"]
+    assert len(trials) == 7 * 3
     assert [t.config["method"] for t in trials] == [m for m in methods_run for _ in range(3)]
     assert [t.seed for t in trials[:3]] == [0, 1, 2]
     assert all(t.config["method_config"] == {} and t.config["preset"] == "cpu" for t in trials)
     assert all(t.config["dataset"] == "embedded" for t in trials)
     assert trials[9].label == "method=rd4ad seed=0" and trials[9].axes == {"method": "rd4ad", "seed": 0}
-    assert len({configuration_key(t.config) for t in trials}) == 6
+    assert len({configuration_key(t.config) for t in trials}) == 7
     assert spec.scaling.workers == 0 and spec.scaling.resources_per_worker == {"CPU": 1}
 
 
