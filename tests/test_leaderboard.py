@@ -272,12 +272,18 @@ def test_a_multi_modal_method_puts_its_modalities_in_a_column(tmp_path):
                   "method_config": {"modalities": modalities}}
         run = {"run_id": trial_run_id(config, "1", "fingerprint"), "sweep": "modalities", "label": "", "method": "unimmad",
                "preset": "cpu", "dataset": "embedded_3d", "seed": 0, "config_json": config,
-               "method_config_json": {"modalities": modalities, "epochs": 2}}
+               "method_config_json": {"modalities": modalities, "epochs": 2, "base_experts": 8, "leaders": 32, "top_k": 2}}
         metrics = [{"class_name": "mean", "metric": "i_auroc", "value": value}]
         store.write_run(TrialResult(run, metrics, [], []), provenance=False)
     table = leaderboard_table(build_leaderboard(store))
     column = table.headers.index("Modalities")
     assert [row[column] for row in table.rows] == ["rgb+depth", "rgb"]  # ranked by I-AUROC
+    # the papers' numbers for the row's own modality set only, each line naming every table it quotes
+    elsewhere = reported_elsewhere_table(build_leaderboard(store))
+    lines = {(r[0], r[1]): r for r in elsewhere.rows}
+    source = elsewhere.headers.index("Source")
+    assert "Table 5" in lines[("modalities=rgb,depth", "mvtec_3d")][source] and "Table 15" in lines[("modalities=rgb,depth", "mvtec_3d")][source]
+    assert ("modalities=rgb", "mvtec_3d") not in lines and ("modalities=rgb", "mvtec_ad") in lines
     assert "Modalities" not in leaderboard_table(build_leaderboard(populated_store_without_modalities(tmp_path))).headers
 
 

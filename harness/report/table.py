@@ -136,7 +136,8 @@ def reported_elsewhere_table(board: Leaderboard) -> TextTable:
             cells = [row.label] + ([row.method] if show_method else []) + [dataset]
             cells += [f"{100 * values[m].value:.1f}" if m in values else DASH for m in metrics]
             differs = {k: v for k, v in first.config if _config_value(row.method_config, k) != v}
-            cells += [_source_text(first), ", ".join(f"{k}={v}" for k, v in differs.items()) or DASH]
+            sources = list(dict.fromkeys(_source_text(v) for v in values.values()))  # every table the line quotes
+            cells += ["; ".join(sources), ", ".join(f"{k}={v}" for k, v in differs.items()) or DASH]
             rows.append(cells)
     return TextTable(headers, rows, ["complete"] * len(rows), [ELSEWHERE_NOTE] if rows else [])
 
