@@ -258,3 +258,34 @@ def test_depth_on_a_dataset_without_point_clouds_is_one_clear_message(fixture_ro
     err = capsys.readouterr().err
     assert code == 2 and "modality 'depth' needs each sample's 'xyz' file" in err and "Traceback" not in err
     assert "set method_config.modalities to [rgb]" in err
+
+
+def test_anomalymoe_evaluates_bit_identically_on_1_and_2_ranks(fixture_root):
+    """The real method through both passes (component masks, raw levels, merged class ranges, finish)."""
+    import threading
+
+    from harness.training.loop import evaluate
+
+    overrides = {"loader_workers": 0, "eval_size": 64, "component_image_size": 64, "component_mask_size": 32, "component_coreset_fraction": 0.25,
+                 "batch_size": 4}
+    trial = TrialConfig.from_dict({"method": "anomalymoe", "preset": "cpu", "dataset": "generic", "data_root": str(fixture_root),
+                                   "seed": 3, "method_config": overrides})
+    quiet = lambda stage, info: None  # noqa: E731
+    outputs = {}
+    for world_size in (1, 2):
+        slots, barrier = [None] * world_size, threading.Barrier(world_size)
+        contexts = [ThreadRankContext(r, world_size, slots, barrier) for r in range(world_size)]
+        prepared = [prepare_inputs(trial, c, quiet, True) for c in contexts]
+        shards = [None] * world_size
+
+        def run(rank):
+            shards[rank] = evaluate(prepared[rank], prepared[rank].method, contexts[rank], quiet)
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        outputs[world_size] = {row["sample_id"]: (row["score"], row["anomaly_map"].tobytes()) for s in shards for row in s.prediction_rows}
+    assert len(outputs[1]) == 10 and outputs[2] == outputs[1]
+    assert all(np.isfinite(score) for score, _ in outputs[1].values())
