@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from harness.formatting import format_value
 from harness.reported import ReportedValue, reported_elsewhere, reported_for
@@ -230,6 +231,19 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
         routing=routing_rows,
         sort_metric=sort_metric,
     )
+
+
+def metric_key(name: str, known: Iterable[str]) -> str | None:
+    """The metric in `known` that `name` spells: its key (p_auroc) or its table title (P-AUROC), in any case."""
+    wanted = _spelling(name)
+    for key in known:
+        if wanted in (_spelling(key), _spelling(METRIC_TITLES.get(key, key))):
+            return key
+    return None
+
+
+def _spelling(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
 def _cell(seed: int, run: dict | None, expected_id: str | None, damaged: dict) -> Cell:
