@@ -36,13 +36,18 @@ def add_arguments(parser) -> None:
         help="write to this file (md/csv default to stdout; html defaults to RESULTS/reports/leaderboard[-SWEEP].html)",
     )
     parser.add_argument("--per-class", action="store_true", help="terminal: add per-class drill-down tables")
-    parser.add_argument("--sort", default="i_auroc", metavar="METRIC", help="metric to rank by (default i_auroc)")
+    parser.add_argument(
+        "--sort",
+        default="i_auroc",
+        metavar="METRIC",
+        help="metric to rank by, as its key or its table title in any case (i_auroc, P-AUROC, aupro; default i_auroc)",
+    )
 
 
 def run(args) -> int:
     from rich.console import Console
 
-    from harness.report.leaderboard import build_leaderboard
+    from harness.report.leaderboard import METRIC_ORDER, build_leaderboard, metric_key
     from harness.results.store import ResultStore
 
     errors = Console(stderr=True)
@@ -55,7 +60,14 @@ def run(args) -> int:
             highlight=False,
         )
         return 1
-    board = build_leaderboard(store, sweep=args.sweep, sort_metric=args.sort)
+    board = build_leaderboard(store, sweep=args.sweep)
+    sort_metric = metric_key(args.sort, (*METRIC_ORDER, *board.metrics))
+    if sort_metric is None:
+        valid = ", ".join(dict.fromkeys((*METRIC_ORDER, *board.metrics)))
+        errors.print(f"--sort {args.sort!r} is not a metric; use one of: {valid}.", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    if sort_metric != board.sort_metric:
+        board = build_leaderboard(store, sweep=args.sweep, sort_metric=sort_metric)
     problems = store.problems()
     for problem in problems:
         errors.print(f"warning: left out {problem}", markup=False, highlight=False, soft_wrap=True)
