@@ -54,3 +54,95 @@ def test_sort_rejects_an_unknown_metric_naming_the_valid_ones(store, capsys):
     assert "--sort 'foo' is not a metric" in message
     for name in ("i_auroc", "p_auroc", "aupro"):
         assert name in message
+
+
+# Labels as long as the experts sweep's, and the routing sweep's longest mode.
+LIVE_LABELS = {
+    "0123456789abcdef": "study=unimmad base_experts=4 leaders=2 top_k=2 modalities=rgb+depth seed=0",
+    "fedcba9876543210": "routing=gumbel_top1 seed=2",
+    "00112233aabbccdd": "routing=softmax seed=1",
+}
+
+
+class ManualClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _trial(run_id: str):
+    from ray.tune.experiment import Trial
+
+    return Trial("__fake", config={"cell": {"run_id": run_id}}, stub=True)
+
+
+def _text(view) -> str:
+    view._console.print(view.render())
+    return view._console.export_text(clear=True)
+
+
+def _rows(text: str) -> list[tuple[str, str]]:
+    """(trial, status) per body row of the rendered table; a row's wrapped lines joined."""
+    body = text.split("╇")[-1].split("└")[0]
+    rows = []
+    for line in body.splitlines()[1:]:
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells and cells[1]:
+            rows.append([cells[0], cells[1]])
+        elif cells:
+            rows[-1][0] += " " + cells[0]
+    return [(trial.strip(), status) for trial, status in rows]
+
+
+@pytest.fixture
+def live_view():
+    from harness.sweep.live_view import SweepLiveView
+
+    clock = ManualClock()
+    console = Console(width=80, record=True, file=io.StringIO(), color_system=None)
+    view = SweepLiveView(dict(LIVE_LABELS), console, clock=clock)
+    yield view, clock
+    view.close()
+
+
+def test_live_table_at_80_columns_keeps_trial_names_and_statuses_whole(live_view):
+    view, clock = live_view
+    long_id, gumbel_id, softmax_id = LIVE_LABELS
+    view.on_trial_start(0, [], _trial(gumbel_id))
+    view.on_trial_result(0, [], _trial(gumbel_id), {"epoch": 3, "epochs": 20, "train_loss": 0.123456})
+    view.on_trial_result(0, [], _trial(softmax_id), {"status": "complete", "mean_i_auroc": 0.9297})
+    view.on_trial_error(0, [], _trial(long_id))
+    clock.now += 75
+    text = _text(view)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert _rows(text) == [(LIVE_LABELS[long_id], "failed"), (LIVE_LABELS[gumbel_id], "running"),
+                           (LIVE_LABELS[softmax_id], "complete")]
+    assert "I-AUROC" in text and "3/20" in text and "0.1235" in text and "92.97" in text
+    assert "the trial process died" in " ".join(text.split())
+
+
+def test_live_table_shows_run_ids_when_there_is_room():
+    from harness.sweep.live_view import SweepLiveView
+
+    wide = Console(width=120, record=True, file=io.StringIO(), color_system=None)
+    view = SweepLiveView(dict(LIVE_LABELS), wide)
+    try:
+        text = _text(view)
+    finally:
+        view.close()
+    assert all(run_id in text for run_id in LIVE_LABELS)
+
+
+def test_live_table_eta_follows_the_finished_fraction(live_view):
+    view, clock = live_view
+    long_id, gumbel_id, softmax_id = LIVE_LABELS
+    assert "ETA after the first epoch" in _text(view)
+    view.on_trial_result(0, [], _trial(softmax_id), {"status": "complete"})
+    view.on_trial_result(0, [], _trial(gumbel_id), {"epoch": 5, "epochs": 10})
+    clock.now += 90  # 1.5 of 3 trials in 90 s: another 90 s to go
+    assert "(1 min 30 s, ETA 1 min 30 s)" in _text(view)
+    view.on_trial_result(0, [], _trial(gumbel_id), {"status": "complete"})
+    view.on_trial_result(0, [], _trial(long_id), {"status": "failed", "reason": "TrainingDiverged"})
+    assert "done" in _text(view)

@@ -1,23 +1,37 @@
-"""A live table of a sweep's trials (pending, running with epoch, done, failed) instead of Ray's log stream."""
+"""A live table of a sweep's trials (pending, running with epoch, done, failed) instead of Ray's log stream.
+
+The title carries the elapsed time and an ETA: the sweep's finished fraction counts a finished trial
+as one and a running trial as its share of epochs, and the rest is assumed to go at the rate so far.
+Trial names wrap but are never cut and statuses keep their words whole; below 100 columns the
+run-id column is left out (the failure lines and the leaderboard name trials by label).
+"""
 
 from __future__ import annotations
 
 import time
 
 from ray.tune import Callback
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from harness.report.leaderboard import METRIC_TITLES
+
+RUN_ID_MIN_WIDTH = 100
 STATUS_STYLE = {"pending": "dim", "running": "cyan", "complete": "green", "skipped": "green", "failed": "red"}
+FINISHED = ("complete", "skipped", "failed")
 
 
 class SweepLiveView(Callback):
-    def __init__(self, labels: dict[str, str], console, *, headline: str = "i_auroc"):
+    def __init__(self, labels: dict[str, str], console, *, headline: str = "i_auroc", clock=time.monotonic):
         self.labels = labels  # run_id -> human label, in sweep order
         self.state = {run_id: {"status": "pending"} for run_id in labels}
         self.headline = headline
-        self.started = time.time()
-        self._live = Live(self._render(), console=console, refresh_per_second=2, transient=False)
+        self._clock = clock
+        self._console = console
+        self.started = clock()
+        self._live = Live(self.render(), console=console, refresh_per_second=2, transient=False)
         self._live.start()
 
     def __getstate__(self):
@@ -30,14 +44,20 @@ class SweepLiveView(Callback):
     def _run_id(trial) -> str:
         return trial.config["cell"]["run_id"]
 
-    def _render(self) -> Table:
+    def render(self) -> Group:
         counts = {}
         for entry in self.state.values():
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        table = Table(title=f"sweep: {summary} ({time.time() - self.started:.0f} s)", expand=False)
-        for column in ("trial", "run id", "status", "epoch", "loss", f"mean {self.headline}"):
-            table.add_column(column)
+        elapsed = self._clock() - self.started
+        table = Table(title=f"sweep: {summary} ({duration_text(elapsed)}, {eta_text(elapsed, self.state)})", expand=False)
+        show_run_id = self._console.width >= RUN_ID_MIN_WIDTH
+        table.add_column("trial", overflow="fold")
+        if show_run_id:
+            table.add_column("run id", no_wrap=True)
+        for column in ("status", "epoch", "loss", METRIC_TITLES.get(self.headline, self.headline)):
+            table.add_column(column, no_wrap=True)
+        reasons = []
         for run_id, label in self.labels.items():
             entry = self.state[run_id]
             status = entry["status"]
@@ -46,19 +66,19 @@ class SweepLiveView(Callback):
             metric = entry.get("metric")
             table.add_row(
                 label,
-                run_id,
+                *([run_id] if show_run_id else []),
                 f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
                 epoch,
                 loss,
-                f"{100 * metric:.1f}" if isinstance(metric, float) else "",
+                f"{100 * metric:.2f}" if isinstance(metric, float) else "",
             )
             if status == "failed" and entry.get("reason"):
-                table.add_row("", "", f"[red]{entry['reason'][:160]}[/red]", "", "", "")
-        return table
+                reasons.append(Text(f"{label} failed: {entry['reason'][:160]}", style="red"))
+        return Group(table, *reasons)
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.update(self.render())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.state[self._run_id(trial)]["status"] = "running"
@@ -90,3 +110,34 @@ class SweepLiveView(Callback):
         self._refresh()
         if self._live is not None:
             self._live.stop()
+
+
+def finished_fraction(state: dict[str, dict]) -> float:
+    """Finished trials count one each, running trials their share of epochs; over all trials."""
+    if not state:
+        return 1.0
+    done = 0.0
+    for entry in state.values():
+        if entry["status"] in FINISHED:
+            done += 1.0
+        elif isinstance(entry.get("epochs"), int) and entry["epochs"] > 0:
+            done += min(entry.get("epoch", 0) / entry["epochs"], 1.0)
+    return done / len(state)
+
+
+def eta_text(elapsed: float, state: dict[str, dict]) -> str:
+    fraction = finished_fraction(state)
+    if fraction >= 1.0:
+        return "done"
+    if fraction <= 0.0:
+        return "ETA after the first epoch"
+    return f"ETA {duration_text(elapsed * (1.0 - fraction) / fraction)}"
+
+
+def duration_text(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
