@@ -1,4 +1,8 @@
-"""The leaderboard as CSV: per configuration a "mean" row, a "pooled" row when stored, and one row per class."""
+"""The leaderboard as CSV: per configuration a "mean" row, a "pooled" row when stored, and one row per class.
+
+Bootstrap intervals sit beside each metric (``<metric>_ci_low``/``_ci_high``, empty where none);
+``tied_with_best`` and ``p_vs_best`` carry the row's paired test on the sort metric.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,27 @@ import csv
 import io
 import math
 
-from harness.report.leaderboard import EFFICIENCY_COLUMNS, Leaderboard, MetricSummary
+from harness.report.leaderboard import EFFICIENCY_COLUMNS, Leaderboard, LeaderboardRow, MetricSummary
 
 
 def _number(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(float(value))
 
 
+def _tie_cells(row: LeaderboardRow) -> list[str]:
+    """tied_with_best (true/false; empty for the best row and untested rows) and the test's p-value."""
+    if row.tie is None or row.tie.tied is None:
+        return ["", ""]
+    return ["true" if row.tie.tied else "false", _number(row.tie.p_value)]
+
+
 def render_csv(board: Leaderboard) -> str:
     """Values as fractions (not percent), full precision; reported numbers in their own columns."""
     header = ["rank", "configuration", "configuration_key", "method", "preset", "dataset", "class_name",
-              "seeds_complete", "seeds_total", "status", "run_ids"]
+              "seeds_complete", "seeds_total", "status", "run_ids", "tied_with_best", "p_vs_best"]
     for metric in board.metrics:
-        header += [f"{metric}_mean", f"{metric}_std", f"{metric}_n", f"{metric}_reported", f"{metric}_reported_source"]
+        header += [f"{metric}_mean", f"{metric}_std", f"{metric}_n", f"{metric}_ci_low", f"{metric}_ci_high",
+                   f"{metric}_reported", f"{metric}_reported_source"]
     header += list(EFFICIENCY_COLUMNS)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -30,11 +42,13 @@ def render_csv(board: Leaderboard) -> str:
         done = sum(c.status == "complete" for c in row.cells)
         for class_name, summaries in groups:
             cells = [rank, row.label, row.configuration_key, row.method, row.preset, row.dataset, class_name,
-                     done, len(row.cells), row.status, " ".join(row.complete_run_ids)]
+                     done, len(row.cells), row.status, " ".join(row.complete_run_ids), *_tie_cells(row)]
+            intervals = row.intervals.get(class_name, {})
             for metric in board.metrics:
-                s = summaries.get(metric)
+                s, ci = summaries.get(metric), intervals.get(metric)
                 reported = row.reported.get(metric) if class_name == "mean" else None
                 cells += [_number(s.mean if s else None), _number(s.std if s else None), s.n if s else 0,
+                          _number(ci.low if ci else None), _number(ci.high if ci else None),
                           _number(reported.value if reported else None), reported.source if reported else ""]
             cells += [_number(row.efficiency.get(c)) for c in EFFICIENCY_COLUMNS]
             writer.writerow(cells)

@@ -44,7 +44,7 @@ def render_html(board: Leaderboard, store: ResultStore) -> str:
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='note'>{html.escape(caption)}</p>",
         _table_html(summary),
-        "".join(f"<p class='note'>{html.escape(note)}</p>" for note in summary.footnotes),
+        "".join(f"<p class='note'>{html.escape(note)}</p>" for note in summary.footnotes + summary.legend),
         *_elsewhere_section(board),
         "<h2>Plots</h2>",
     ]

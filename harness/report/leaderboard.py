@@ -6,6 +6,8 @@ the runner recorded the sweep's trial list, from ``trials`` too, so cells that f
 appear as such. Metrics are class means ("mean" rows, what papers report) averaged over the
 complete seeds, with their sample standard deviation; per-class values and efficiency columns
 are averaged the same way. Reported paper numbers are attached where a paper reports that cell.
+With ``bootstrap`` settings every image-metric cell also gets a bootstrap interval over the test
+images and every row a paired tie test against the best row on the sort metric (uncertainty.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from harness.formatting import format_value
+from harness.report.uncertainty import (
+    BootstrapSettings,
+    Interval,
+    RowUncertainty,
+    TieTest,
+    row_uncertainty,
+    shared_resamples,
+    ties_with_best,
+)
 from harness.reported import ReportedValue, reported_elsewhere, reported_for
 from harness.results.schema import STATUS_COMPLETE, STATUS_FAILED
 from harness.results.store import DAMAGED, ResultStore
@@ -85,6 +96,9 @@ class LeaderboardRow:
     reported: dict[str, ReportedValue] = field(default_factory=dict)
     reported_elsewhere: list[ReportedValue] = field(default_factory=list)  # other datasets: context, not comparable
     order: int = 0
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict)  # class, "mean" or "pooled" -> metric -> CI
+    tie: TieTest | None = None  # against the best row on the sort metric; None for the best row itself
+    uncertainty_note: str = ""  # why the row has no intervals
 
     @property
     def modalities(self) -> str:
@@ -132,6 +146,7 @@ class Leaderboard:
     varying_keys: list[str]
     routing: list[dict] = field(default_factory=list)
     sort_metric: str = "i_auroc"
+    bootstrap: BootstrapSettings | None = None  # None: no intervals or tie tests
 
     @property
     def empty(self) -> bool:
@@ -144,8 +159,13 @@ class Leaderboard:
         raise KeyError(f"no leaderboard row labelled {label!r}; rows: {[r.label for r in self.rows]}")
 
 
-def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric: str = "i_auroc") -> Leaderboard:
-    """Query the store into a Leaderboard (all sweeps when ``sweep`` is None)."""
+def build_leaderboard(
+    store: ResultStore,
+    sweep: str | None = None,
+    sort_metric: str = "i_auroc",
+    bootstrap: BootstrapSettings | None = BootstrapSettings(),
+) -> Leaderboard:
+    """Query the store into a Leaderboard (all sweeps when ``sweep`` is None); ``bootstrap=None`` skips intervals."""
     trials = store.read("trials").to_pylist()
     runs = store.read("runs").to_pylist()
     if sweep is not None:
@@ -221,6 +241,8 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
 
     ordered_metrics = [m for m in METRIC_ORDER if m in metric_names] + sorted(metric_names - set(METRIC_ORDER))
     ranked = sorted(rows.values(), key=lambda r: _rank_key(r, sort_metric))
+    if bootstrap is not None and complete_ids:
+        _attach_uncertainty(ranked, store.read("sample_scores", run_ids=complete_ids).to_pylist(), bootstrap, sort_metric)
     return Leaderboard(
         rows=ranked,
         sweep=sweep,
@@ -230,7 +252,25 @@ def build_leaderboard(store: ResultStore, sweep: str | None = None, sort_metric:
         varying_keys=varying,
         routing=routing_rows,
         sort_metric=sort_metric,
+        bootstrap=bootstrap,
     )
+
+
+def _attach_uncertainty(ranked: list[LeaderboardRow], score_rows: list[dict], settings: BootstrapSettings, sort_metric: str) -> None:
+    """Intervals on every row's cells and each row's tie test against the best, from the stored sample scores."""
+    by_run: dict[str, list[dict]] = {}
+    for score in score_rows:
+        by_run.setdefault(score["run_id"], []).append(score)
+    resamples_of = shared_resamples(settings)
+    uncertainties: list[RowUncertainty] = []
+    for row in ranked:
+        found = row_uncertainty([by_run.get(rid, []) for rid in row.complete_run_ids], settings, resamples_of)
+        mismatch = _not_reproduced(row, found.observed)
+        found = found.unusable(mismatch) if mismatch else found
+        row.intervals, row.uncertainty_note = found.intervals, found.note if row.complete_run_ids else ""
+        uncertainties.append(found)
+    for row, test in zip(ranked, ties_with_best(uncertainties, sort_metric, settings.confidence)):
+        row.tie = test
 
 
 def metric_key(name: str, known: Iterable[str]) -> str | None:
@@ -244,6 +284,21 @@ def metric_key(name: str, known: Iterable[str]) -> str | None:
 
 def _spelling(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+REPRODUCTION_TOLERANCE = 1e-9
+
+
+def _not_reproduced(row: LeaderboardRow, observed: dict[str, dict[str, float]]) -> str:
+    """Why the stored sample scores cannot stand for the row's stored metrics ("" when they reproduce them)."""
+    stored = {"mean": row.metrics, "pooled": row.pooled, **row.per_class}
+    for group, by_metric in observed.items():
+        for metric, value in by_metric.items():
+            summary = stored.get(group, {}).get(metric)
+            if summary is not None and summary.n and abs(summary.mean - value) > REPRODUCTION_TOLERANCE:
+                return (f"the stored sample scores give {metric} {value:.6f} for {group}, the stored metric is "
+                        f"{summary.mean:.6f}")
+    return ""
 
 
 def _cell(seed: int, run: dict | None, expected_id: str | None, damaged: dict) -> Cell:

@@ -30,7 +30,8 @@ def render_markdown(board: Leaderboard) -> str:
         caption,
         markdown_table(summary),
     ]
-    parts += ["\n".join(f"- {note}" for note in summary.footnotes)] if summary.footnotes else []
+    notes = summary.footnotes + summary.legend
+    parts += ["\n".join(f"- {note}" for note in notes)] if notes else []
     elsewhere = reported_elsewhere_table(board)
     if elsewhere.rows:
         parts += ["## Reported by the papers on other datasets", elsewhere.footnotes[0], markdown_table(elsewhere)]

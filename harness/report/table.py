@@ -1,14 +1,15 @@
 """The leaderboard laid out as header + string cells, shared by the terminal, Markdown and HTML views.
 
 Metrics are shown in percent with two decimals, ``mean ± std`` over seeds (std only with two or
-more seeds). A paper column appears beside a metric wherever some row has a reported value for
+more seeds), then ``[low, high]``, the bootstrap interval over test images, where the board has
+one. The rank of a row tied with the best (paired bootstrap, uncertainty.py) reads ``≈1``. A paper column appears beside a metric wherever some row has a reported value for
 it; reported cells carry a trailing ``*`` and the table's footnote says what that means.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from harness.report.leaderboard import (
@@ -19,6 +20,7 @@ from harness.report.leaderboard import (
     LeaderboardRow,
     MetricSummary,
 )
+from harness.report.uncertainty import IMAGE_METRICS, Interval
 
 DASH = "—"
 REPORTED_NOTE = "* reported in the paper (harness/reference/reported), not measured by this harness"
@@ -29,18 +31,59 @@ class TextTable:
     headers: list[str]
     rows: list[list[str]]
     row_status: list[str]  # per row: complete | partial | failed | missing
-    footnotes: list[str]
+    footnotes: list[str]  # problems: failed, missing, damaged cells
+    legend: list[str] = field(default_factory=list)  # what the marks and intervals mean
 
 
 def metric_title(metric: str) -> str:
     return METRIC_TITLES.get(metric, metric)
 
 
-def format_summary(summary: MetricSummary | None) -> str:
+def format_summary(summary: MetricSummary | None, interval: Interval | None = None) -> str:
     if summary is None or summary.n == 0 or math.isnan(summary.mean):
         return DASH
     text = f"{100 * summary.mean:.2f}"
-    return text if math.isnan(summary.std) else f"{text} ± {100 * summary.std:.2f}"
+    text = text if math.isnan(summary.std) else f"{text} ± {100 * summary.std:.2f}"
+    return text if interval is None else f"{text} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+
+
+TIED_MARK = "≈1"
+
+
+def rank_text(row: LeaderboardRow, rank: int) -> str:
+    """The row's place; "≈1" when the paired test cannot tell it from the best row."""
+    if not row.complete_run_ids:
+        return DASH
+    return TIED_MARK if row.tie is not None and row.tie.tied else str(rank)
+
+
+def uncertainty_legend(board: Leaderboard, metrics: list[str]) -> list[str]:
+    """What the intervals and the ≈1 rank mean, and which rows could not be tested."""
+    settings = board.bootstrap
+    if settings is None or not any(row.intervals for row in board.rows):
+        return []
+    level = f"{100 * settings.confidence:g}%"
+    without = [metric_title(m) for m in metrics if m not in IMAGE_METRICS and not settings.pixel_resamples]
+    legend = [
+        f"[low, high]: {level} percentile bootstrap interval of the seed mean over the test images "
+        f"({settings.resamples} resamples, stratified by class and label, seed {settings.seed}; every seed and "
+        f"every row scored on the same resampled images)."
+    ]
+    if without:
+        legend.append(f"No interval on {', '.join(without)}: the pixel bootstrap is opt-in (--pixel-bootstrap N).")
+    sort_title = metric_title(board.sort_metric)
+    tested = [row for row in board.rows if row.tie is not None and row.tie.tied is not None]
+    if tested:
+        legend.append(
+            f"{TIED_MARK}: not significantly different from row 1 on {sort_title} (paired bootstrap of the difference "
+            f"on identical resamples, two-sided, {100 * (1 - settings.confidence):g}% level); the test resamples test "
+            f"images only, the ± spread over seeds is not part of it."
+        )
+    elif board.rows and board.rows[0].complete_run_ids:
+        legend.append(f"No tie test on {sort_title}: row 1 has no resampled {sort_title}.")
+    legend += [f"{row.label}: no tie test ({row.tie.reason})" for row in board.rows if row.tie and row.tie.tied is None]
+    legend += [f"{row.label}: no bootstrap interval ({row.uncertainty_note})" for row in board.rows if row.uncertainty_note]
+    return legend
 
 
 def format_efficiency(column: str, value: float | None) -> str:
@@ -86,13 +129,13 @@ def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, effi
 
     rows = []
     for rank, row in enumerate(board.rows, start=1):
-        cells = [str(rank) if row.complete_run_ids else DASH, row.label]
+        cells = [rank_text(row, rank), row.label]
         cells += [row.method] if show_method else []
         cells += [row.dataset] if show_dataset else []
         cells += [row.modalities] if show_modalities else []
         cells.append(row.seeds_text)
         for metric in metrics:
-            cells.append(format_summary(row.metrics.get(metric)))
+            cells.append(format_summary(row.metrics.get(metric), row.intervals.get("mean", {}).get(metric)))
             if metric in reported_metrics:
                 cells.append(format_reported(row, metric))
         cells += [format_efficiency(c, row.efficiency.get(c)) for c in efficiency_columns]
@@ -100,18 +143,21 @@ def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, effi
         rows.append(cells)
     footnotes = [REPORTED_NOTE] if reported_metrics else []
     footnotes += [f"{row.label}: {problem}" for row in board.rows for problem in row.problems]
-    return TextTable(headers, rows, [r.status for r in board.rows], footnotes)
+    return TextTable(headers, rows, [r.status for r in board.rows], footnotes, uncertainty_legend(board, metrics))
 
 
 def per_class_table(board: Leaderboard, metric: str) -> TextTable:
     """Classes down, configurations across: one metric's per-class mean ± std, then the class mean."""
     headers = ["Class"] + [row.label for row in board.rows]
     rows = []
+    def cells(group: str, summaries_of) -> list[str]:
+        return [group] + [format_summary(summaries_of(row).get(metric), row.intervals.get(group, {}).get(metric)) for row in board.rows]
+
     for class_name in board.classes:
-        rows.append([class_name] + [format_summary(row.per_class.get(class_name, {}).get(metric)) for row in board.rows])
-    rows.append(["mean"] + [format_summary(row.metrics.get(metric)) for row in board.rows])
+        rows.append(cells(class_name, lambda row: row.per_class.get(class_name, {})))
+    rows.append(cells("mean", lambda row: row.metrics))
     if any(metric in row.pooled for row in board.rows):
-        rows.append(["pooled"] + [format_summary(row.pooled.get(metric)) for row in board.rows])
+        rows.append(cells("pooled", lambda row: row.pooled))
     return TextTable(headers, rows, ["complete"] * len(rows), [])
 
 

@@ -37,6 +37,8 @@ def render_terminal(board: Leaderboard, console: Console | None = None, per_clas
         console.print(_rich_table(leaderboard_table(board, [], TERMINAL_EFFICIENCY), "Efficiency"))
     for note in table.footnotes:
         console.print(f"  {note}", style="dim" if note.startswith("*") else "yellow", markup=False, highlight=False)
+    for note in table.legend:
+        console.print(f"  {note}", style="dim", markup=False, highlight=False)
     elsewhere = reported_elsewhere_table(board)
     if elsewhere.rows:
         console.print(_rich_table(elsewhere, "Reported by the papers on other datasets"))
