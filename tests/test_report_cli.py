@@ -146,3 +146,11 @@ def test_live_table_eta_follows_the_finished_fraction(live_view):
     view.on_trial_result(0, [], _trial(gumbel_id), {"status": "complete"})
     view.on_trial_result(0, [], _trial(long_id), {"status": "failed", "reason": "TrainingDiverged"})
     assert "done" in _text(view)
+
+
+def test_live_view_pickles_without_its_display(live_view):
+    import pickle
+
+    view, _ = live_view
+    copy = pickle.loads(pickle.dumps(view))  # Tune stores its callbacks in the experiment state
+    assert copy.state == view.state and copy.labels == view.labels

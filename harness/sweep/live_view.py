@@ -31,18 +31,22 @@ class SweepLiveView(Callback):
         self._clock = clock
         self._console = console
         self.started = clock()
-        self._live = Live(self.render(), console=console, refresh_per_second=2, transient=False)
+        # Live re-renders self on each refresh, so elapsed time and ETA move between trial events.
+        self._live = Live(self, console=console, refresh_per_second=2, transient=False)
         self._live.start()
 
     def __getstate__(self):
         # Tune pickles its callbacks into the experiment state; the live display stays here.
         state = dict(self.__dict__)
-        state["_live"] = None
+        state["_live"] = state["_console"] = None
         return state
 
     @staticmethod
     def _run_id(trial) -> str:
         return trial.config["cell"]["run_id"]
+
+    def __rich__(self) -> Group:
+        return self.render()
 
     def render(self) -> Group:
         counts = {}
@@ -78,7 +82,7 @@ class SweepLiveView(Callback):
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self.render())
+            self._live.refresh()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.state[self._run_id(trial)]["status"] = "running"
