@@ -20,7 +20,8 @@ from harness.data.sample import Sample
 GENERIC = "generic"
 EMBEDDED = "embedded"
 EMBEDDED_3D = "embedded_3d"
-BUILT_ON_FIRST_USE = (EMBEDDED, EMBEDDED_3D)  # generated datasets: no root needed
+VALIDATION_SETS = ("validation_a", "validation_b")  # tuning data, never a test set (harness/data/validation_sets.py)
+BUILT_ON_FIRST_USE = (EMBEDDED, EMBEDDED_3D, *VALIDATION_SETS)  # generated datasets: no root needed
 
 
 class DatasetError(ValueError):
@@ -169,8 +170,12 @@ def _default_root(name: str) -> Path:
         from harness.data.embedded_3d import prepare_embedded_3d  # built on first use; see harness/data/embedded_3d.py
 
         return prepare_embedded_3d()
+    if name in VALIDATION_SETS:
+        from harness.data.validation_sets import prepare_validation_set
+
+        return prepare_validation_set(name)
     raise DatasetError(f"dataset {name!r} needs a root folder: pass root=... (the folder holding the class folders); "
-                       f"only {' and '.join(map(repr, BUILT_ON_FIRST_USE))} are built automatically")
+                       f"only {', '.join(map(repr, BUILT_ON_FIRST_USE))} are built automatically")
 
 
 def _card_for(name: str, root: Path, expected) -> DatasetCard:
