@@ -307,3 +307,15 @@ def test_routing_heatmaps_split_by_modality_and_expert_set():
     plain = [{"layer": f"decoder.{l}", "expert": f"adapter_d{d}", "class_name": "c", "selection_freq": 0.1, "gate_mean": 0.2}
              for l in range(2) for d in (16, 32)]
     assert list(routing_groups(plain)) == [""]
+
+
+def test_sample_scores_that_do_not_reproduce_the_stored_metrics_give_no_interval(populated):
+    # the fixture's scores are the sample index, its metrics are made up: the bootstrap must not pretend
+    board = build_leaderboard(populated, sweep="routing")
+    softmax = board.row("routing=softmax")
+    assert softmax.intervals == {} and softmax.uncertainty_note.startswith("no bootstrap interval: the stored sample scores give i_auroc")
+    assert all(row.tie is None for row in board.rows)  # row 1 has nothing to test against
+    markdown = render_markdown(board)
+    assert "routing=softmax: no bootstrap interval: the stored sample scores give" in markdown
+    assert "No tie test on I-AUROC: row 1 has no resampled I-AUROC." in markdown
+    assert "routing=first: no bootstrap interval" not in markdown  # no complete run: nothing to explain

@@ -190,3 +190,73 @@ def test_bad_settings_are_named():
         BootstrapSettings(resamples=0)
     with pytest.raises(ValueError, match="confidence must lie strictly between 0 and 1, got 1.5"):
         BootstrapSettings(confidence=1.5)
+
+
+def test_pixel_bootstrap_resamples_whole_images_through_the_accumulator_state(tmp_path):
+    from harness.data import load_dataset, read_mask_stack
+    from harness.data.fixtures import write_fixture
+    from harness.results.predictions import write_predictions
+
+    data_root = tmp_path / "mvtec"
+    write_fixture("mvtec_ad", data_root)
+    samples = load_dataset("mvtec_ad", data_root, classes=["bottle", "grid"], check_counts=False).split("test")
+    store = ResultStore(tmp_path / "results")
+    rng = np.random.default_rng(0)
+    for routing, noise in (("softmax", 0.3), ("first", 3.0)):
+        for seed in (0, 1):
+            masks = np.stack([read_mask_stack(s, (16, 16)).any(axis=0) for s in samples])
+            maps = (masks + noise * rng.random(masks.shape)).astype(np.float16)
+            scores = maps.reshape(len(samples), -1).max(axis=1).astype(np.float64)
+            accumulator = MetricAccumulator()
+            accumulator.update(scores, [s.label for s in samples], maps, masks, [s.class_name for s in samples],
+                               sample_ids=[s.sample_id for s in samples])
+            metrics = [{"class_name": r.class_name, "metric": r.metric, "value": r.value} for r in accumulator.compute().rows]
+            config = {"method": "unilead", "preset": "cpu", "dataset": "mvtec_ad", "data_root": str(data_root),
+                      "classes": ["bottle", "grid"], "seed": seed, "method_config": {"routing": routing}}
+            run_id = f"{routing}-{seed}"
+            rows = [{"sample_id": s.sample_id, "class_name": s.class_name, "defect_type": s.defect_type, "label": s.label,
+                     "score": float(score)} for s, score in zip(samples, scores)]
+            write_predictions(store.predictions_path(run_id), [{**r, "anomaly_map": m} for r, m in zip(rows, maps)])
+            store.write_run(TrialResult({"run_id": run_id, "sweep": "px", "method": "unilead", "preset": "cpu",
+                                         "dataset": "mvtec_ad", "seed": seed, "config_json": config}, metrics, rows, []),
+                            provenance=False)
+    settings = BootstrapSettings(resamples=200, pixel_resamples=40, seed=1)
+    board = build_leaderboard(store, sort_metric="p_auroc", bootstrap=settings)
+    best, worse = board.rows
+    assert best.label == "routing=softmax" and best.uncertainty_note == ""
+    for row in board.rows:
+        for group, summaries in [("mean", row.metrics), *row.per_class.items()]:
+            for metric in ("p_auroc", "p_ap", "aupro"):
+                ci = row.intervals[group][metric]
+                assert ci.resamples == 40 and ci.low <= summaries[metric].mean <= ci.high
+    assert worse.tie.metric == "p_auroc" and worse.tie.tied is False
+    again = build_leaderboard(store, sort_metric="p_auroc", bootstrap=settings)
+    assert again.row("routing=first").intervals["mean"]["aupro"] == worse.intervals["mean"]["aupro"]
+    assert "No interval on" not in render_markdown(board)
+
+    import shutil
+
+    shutil.rmtree(data_root)  # masks out of reach: image intervals stay, the note says why pixel ones are missing
+    unreachable = build_leaderboard(store, sort_metric="p_auroc", bootstrap=settings).row("routing=first")
+    assert unreachable.uncertainty_note.startswith("no pixel interval:") and str(data_root) in unreachable.uncertainty_note
+    assert "i_auroc" in unreachable.intervals["mean"] and "p_auroc" not in unreachable.intervals["mean"]
+
+
+def test_leaderboard_command_bootstrap_options(store, capsys):
+    from harness.cli import main
+
+    def mean_rows(*options):
+        assert main(["leaderboard", str(store.root), "--format", "csv", *options]) == 0
+        rows = csv.DictReader(io.StringIO(capsys.readouterr().out))
+        return {r["configuration"]: r for r in rows if r["class_name"] == "mean"}
+
+    default = mean_rows()
+    assert default["routing=top1"]["tied_with_best"] == "true" and default["routing=softmax"]["i_auroc_ci_low"] != ""
+    reseeded = mean_rows("--bootstrap", "200", "--bootstrap-seed", "5")
+    assert reseeded["routing=softmax"]["i_auroc_ci_low"] != default["routing=softmax"]["i_auroc_ci_low"]
+    assert mean_rows("--bootstrap", "200", "--bootstrap-seed", "5") == reseeded
+    plain = mean_rows("--no-bootstrap")
+    assert plain["routing=softmax"]["i_auroc_ci_low"] == "" and plain["routing=top1"]["tied_with_best"] == ""
+    with pytest.raises(SystemExit) as stop:
+        main(["leaderboard", str(store.root), "--bootstrap", "0"])
+    assert stop.value.code == 2 and "--bootstrap: expected a whole number >= 1, got '0'" in capsys.readouterr().err

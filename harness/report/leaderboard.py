@@ -21,11 +21,15 @@ from typing import Any, Iterable
 
 from harness.formatting import format_value
 from harness.report.uncertainty import (
+    IMAGE_METRICS,
     BootstrapSettings,
     Interval,
+    MaskSource,
     RowUncertainty,
     TieTest,
+    add_pixel_draws,
     row_uncertainty,
+    run_pixel_tallies,
     shared_resamples,
     ties_with_best,
 )
@@ -242,7 +246,7 @@ def build_leaderboard(
     ordered_metrics = [m for m in METRIC_ORDER if m in metric_names] + sorted(metric_names - set(METRIC_ORDER))
     ranked = sorted(rows.values(), key=lambda r: _rank_key(r, sort_metric))
     if bootstrap is not None and complete_ids:
-        _attach_uncertainty(ranked, store.read("sample_scores", run_ids=complete_ids).to_pylist(), bootstrap, sort_metric)
+        _attach_uncertainty(ranked, store, complete_ids, bootstrap, sort_metric)
     return Leaderboard(
         rows=ranked,
         sweep=sweep,
@@ -256,18 +260,24 @@ def build_leaderboard(
     )
 
 
-def _attach_uncertainty(ranked: list[LeaderboardRow], score_rows: list[dict], settings: BootstrapSettings, sort_metric: str) -> None:
-    """Intervals on every row's cells and each row's tie test against the best, from the stored sample scores."""
+def _attach_uncertainty(ranked: list[LeaderboardRow], store: ResultStore, run_ids: list[str], settings: BootstrapSettings,
+                        sort_metric: str) -> None:
+    """Intervals on every row's cells and each row's tie test against the best, from the stored sample scores
+    (and, with pixel resamples, the stored maps)."""
     by_run: dict[str, list[dict]] = {}
-    for score in score_rows:
+    for score in store.read("sample_scores", run_ids=run_ids).to_pylist():
         by_run.setdefault(score["run_id"], []).append(score)
-    resamples_of = shared_resamples(settings)
+    resamples_of = shared_resamples(settings.seed)
+    masks = MaskSource()
     uncertainties: list[RowUncertainty] = []
     for row in ranked:
         found = row_uncertainty([by_run.get(rid, []) for rid in row.complete_run_ids], settings, resamples_of)
         mismatch = _not_reproduced(row, found.observed)
         found = found.unusable(mismatch) if mismatch else found
-        row.intervals, row.uncertainty_note = found.intervals, found.note if row.complete_run_ids else ""
+        notes = [f"no bootstrap interval: {found.note}"] if found.note and row.complete_run_ids else []
+        if settings.pixel_resamples and found.images is not None:
+            notes += [_with_pixels(found, row, store, masks, resamples_of(found.images, settings.pixel_resamples), settings)]
+        row.intervals, row.uncertainty_note = found.intervals, "; ".join(note for note in notes if note)
         uncertainties.append(found)
     for row, test in zip(ranked, ties_with_best(uncertainties, sort_metric, settings.confidence)):
         row.tie = test
@@ -284,6 +294,24 @@ def metric_key(name: str, known: Iterable[str]) -> str | None:
 
 def _spelling(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def _with_pixels(found: RowUncertainty, row: LeaderboardRow, store: ResultStore, masks: MaskSource, weights,
+                 settings: BootstrapSettings) -> str:
+    """Adds the row's pixel draws; returns why it has none ("" when it has them)."""
+    try:
+        tallies = run_pixel_tallies(store, row.complete_run_ids, found.images, row.config, masks)
+    except Exception as exc:  # maps or data out of reach: the board still renders, the note says why
+        return f"no pixel interval: {exc}"
+    add_pixel_draws(found, tallies, weights, settings.confidence)
+    mismatch = _not_reproduced(row, found.observed)
+    if mismatch:
+        for group in found.draws:
+            for by_metric in (found.draws[group], found.intervals.get(group, {})):
+                for metric in [m for m in by_metric if m not in IMAGE_METRICS]:
+                    del by_metric[metric]
+        return f"no pixel interval: {mismatch}"
+    return ""
 
 
 REPRODUCTION_TOLERANCE = 1e-9

@@ -20,7 +20,7 @@ from harness.report.leaderboard import (
     LeaderboardRow,
     MetricSummary,
 )
-from harness.report.uncertainty import IMAGE_METRICS, Interval
+from harness.report.uncertainty import IMAGE_METRICS, BootstrapSettings, Interval
 
 DASH = "—"
 REPORTED_NOTE = "* reported in the paper (harness/reference/reported), not measured by this harness"
@@ -58,32 +58,41 @@ def rank_text(row: LeaderboardRow, rank: int) -> str:
 
 
 def uncertainty_legend(board: Leaderboard, metrics: list[str]) -> list[str]:
-    """What the intervals and the ≈1 rank mean, and which rows could not be tested."""
+    """What the intervals and the ≈1 rank mean, and why some rows have neither."""
     settings = board.bootstrap
-    if settings is None or not any(row.intervals for row in board.rows):
+    if settings is None:
         return []
-    level = f"{100 * settings.confidence:g}%"
-    without = [metric_title(m) for m in metrics if m not in IMAGE_METRICS and not settings.pixel_resamples]
+    legend = _interval_legend(settings, metrics) if any(row.intervals for row in board.rows) else []
+    legend += _tie_legend(board, settings)
+    untested = [row for row in board.rows if row.tie and row.tie.tied is None and not row.uncertainty_note]
+    legend += [f"{row.label}: no tie test ({row.tie.reason})" for row in untested]
+    return legend + [f"{row.label}: {row.uncertainty_note}" for row in board.rows if row.uncertainty_note]
+
+
+def _interval_legend(settings: BootstrapSettings, metrics: list[str]) -> list[str]:
+    pixel_count = f" of image metrics, {settings.pixel_resamples} of pixel metrics" if settings.pixel_resamples else ""
     legend = [
-        f"[low, high]: {level} percentile bootstrap interval of the seed mean over the test images "
-        f"({settings.resamples} resamples, stratified by class and label, seed {settings.seed}; every seed and "
-        f"every row scored on the same resampled images)."
+        f"[low, high]: {100 * settings.confidence:g}% percentile bootstrap interval of the seed mean over the test "
+        f"images ({settings.resamples} resamples{pixel_count}, stratified by class and label, seed {settings.seed}; "
+        f"every seed and every row scored on the same resampled images)."
     ]
-    if without:
+    without = [metric_title(m) for m in metrics if m not in IMAGE_METRICS]
+    if without and not settings.pixel_resamples:
         legend.append(f"No interval on {', '.join(without)}: the pixel bootstrap is opt-in (--pixel-bootstrap N).")
+    return legend
+
+
+def _tie_legend(board: Leaderboard, settings: BootstrapSettings) -> list[str]:
     sort_title = metric_title(board.sort_metric)
-    tested = [row for row in board.rows if row.tie is not None and row.tie.tied is not None]
-    if tested:
-        legend.append(
+    if any(row.tie is not None and row.tie.tied is not None for row in board.rows):
+        return [
             f"{TIED_MARK}: not significantly different from row 1 on {sort_title} (paired bootstrap of the difference "
             f"on identical resamples, two-sided, {100 * (1 - settings.confidence):g}% level); the test resamples test "
             f"images only, the ± spread over seeds is not part of it."
-        )
-    elif board.rows and board.rows[0].complete_run_ids:
-        legend.append(f"No tie test on {sort_title}: row 1 has no resampled {sort_title}.")
-    legend += [f"{row.label}: no tie test ({row.tie.reason})" for row in board.rows if row.tie and row.tie.tied is None]
-    legend += [f"{row.label}: no bootstrap interval ({row.uncertainty_note})" for row in board.rows if row.uncertainty_note]
-    return legend
+        ]
+    if len(board.rows) > 1 and board.rows[0].complete_run_ids:
+        return [f"No tie test on {sort_title}: row 1 has no resampled {sort_title}."]
+    return []
 
 
 def format_efficiency(column: str, value: float | None) -> str:

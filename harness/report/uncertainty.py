@@ -9,6 +9,11 @@ its seed mean: each seed's run is scored on the same resample and the runs are a
 interval is the test-set uncertainty of the number the row reports, and the seed spread stays
 the separate ± column.
 
+Pixel metrics (opt-in: ``pixel_resamples``) resample whole images through the accumulator's own
+state: one PixelTally per image (histogram columns and PRO regions, from the stored float16 map
+and the dataset's mask), summed with each image's draw count, then scored by pixel_metrics.
+MVTec LOCO (sPRO) is not resampled.
+
 The tie test is a paired bootstrap: the difference best - row on each resample (identical images
 for both rows). Its two-sided p-value is twice the smaller tail of that difference at zero; a row
 with p >= 1 - confidence is tied with the best. Rows that scored other test images are not tested.
@@ -20,7 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.metrics.accumulator import DEFAULT_MAX_BINS
+from harness.metrics.histogram import ANOMALOUS, N_COLUMNS, NORMAL, PRO_WEIGHT, ScoreHistogram
+from harness.metrics.pixel_tally import PixelTally, pixel_metrics, tally_maps
+from harness.metrics.score_keys import canonical_float32
+
 IMAGE_METRICS = ("i_auroc", "i_ap", "i_f1max")
+PIXEL_CHUNK = 16  # resamples summed at once: bounds the dense (resamples x bins) block
 MEAN, POOLED = "mean", "pooled"
 
 
@@ -189,13 +200,13 @@ class RowUncertainty:
 
 
 def row_uncertainty(runs: list[list[dict]], settings: BootstrapSettings, resamples_of) -> RowUncertainty:
-    """A row from its complete runs' sample_scores rows; ``resamples_of(images)`` gives the shared draw counts."""
+    """A row from its complete runs' sample_scores rows; ``resamples_of(images, count)`` gives the shared draw counts."""
     scored = [scored_run(rows) for rows in runs if rows]
     if not scored:
         return RowUncertainty(None, {}, {}, "no per-sample scores stored")
     if len(scored) < len(runs) or any(run.images.sample_ids != scored[0].images.sample_ids for run in scored):
         return RowUncertainty(None, {}, {}, "its seeds scored different test images (or some stored no scores)")
-    draws = seed_mean_draws(scored, resamples_of(scored[0].images))
+    draws = seed_mean_draws(scored, resamples_of(scored[0].images, settings.resamples))
     intervals = {
         group: {metric: found for metric, values in by_metric.items() if (found := interval(values, settings.confidence))}
         for group, by_metric in draws.items()
@@ -205,14 +216,14 @@ def row_uncertainty(runs: list[list[dict]], settings: BootstrapSettings, resampl
     return RowUncertainty(scored[0].images, draws, intervals, observed=observed)
 
 
-def shared_resamples(settings: BootstrapSettings):
-    """One set of stratified draw counts per distinct test set, so rows on the same images pair exactly."""
+def shared_resamples(seed: int):
+    """One set of stratified draw counts per (test set, count), so rows on the same images pair exactly."""
     cache: dict[tuple, np.ndarray] = {}
 
-    def resamples_of(images: TestImages) -> np.ndarray:
-        key = (images.sample_ids, tuple(images.labels.tolist()), tuple(images.class_names.tolist()))
+    def resamples_of(images: TestImages, count: int) -> np.ndarray:
+        key = (images.sample_ids, tuple(images.labels.tolist()), tuple(images.class_names.tolist()), count)
         if key not in cache:
-            cache[key] = stratified_multiplicities(images.class_names, images.labels, settings.resamples, settings.seed)
+            cache[key] = stratified_multiplicities(images.class_names, images.labels, count, seed)
         return cache[key]
 
     return resamples_of
@@ -232,3 +243,105 @@ def ties_with_best(ranked: list[RowUncertainty], metric: str, confidence: float)
         else:
             tests.append(paired_tie_test(best.draws[MEAN][metric], row.draws[MEAN][metric], metric, confidence))
     return tests
+
+
+def image_tally(anomaly_map: np.ndarray, mask: np.ndarray) -> PixelTally:
+    """One image's exact pixel state, as MetricAccumulator.update builds it for a batch."""
+    return tally_maps(canonical_float32(anomaly_map[None]), mask[None], level=0, max_bins=DEFAULT_MAX_BINS)
+
+
+def pixel_metric_draws(tallies: list[PixelTally], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """pixel_metrics of the images' tallies summed with each resample's draw counts (one value per resample)."""
+    from scipy import sparse
+
+    keys = np.unique(np.concatenate([t.histogram.keys for t in tallies]))
+    used = (NORMAL, ANOMALOUS, PRO_WEIGHT)
+    rows, cols, values = [], [], []
+    for i, tally in enumerate(tallies):
+        where = np.searchsorted(keys, tally.histogram.keys)
+        for j, column in enumerate(used):
+            rows.append(np.full(len(where), i))
+            cols.append(where * len(used) + j)
+            values.append(tally.histogram.columns[:, column].astype(np.float64))  # exact: sums stay below 2**53
+    per_image = sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                                  shape=(len(tallies), len(keys) * len(used)))
+    regions = np.array([t.n_regions for t in tallies], dtype=np.int64)
+    draws: dict[str, list[float]] = {}
+    for start in range(0, len(weights), PIXEL_CHUNK):
+        block = weights[start:start + PIXEL_CHUNK]
+        summed = np.rint(per_image.T.dot(block.T.astype(np.float64)).T).astype(np.int64).reshape(len(block), len(keys), len(used))
+        for b, counts in enumerate(summed):
+            columns = np.zeros((len(keys), N_COLUMNS), dtype=np.int64)
+            columns[:, list(used)] = counts
+            occupied = columns.any(axis=1)
+            tally = PixelTally(ScoreHistogram(0, keys[occupied], columns[occupied]), int(block[b] @ regions))
+            for metric, (value, _) in pixel_metrics(tally).items():
+                draws.setdefault(metric, []).append(np.nan if value is None else value)
+    return {metric: np.array(values) for metric, values in draws.items()}
+
+
+def pixel_run_draws(images: TestImages, tallies: list[PixelTally], weights: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """{class, "mean": {pixel metric: one value per resample}} of one run (pooled is not resampled)."""
+    draws = {}
+    for class_name in images.classes:
+        members = np.flatnonzero(images.class_names == class_name)
+        draws[class_name] = pixel_metric_draws([tallies[i] for i in members], weights[:, members])
+    per_class = list(draws.values())
+    draws[MEAN] = {m: _mean_of_defined([d[m] for d in per_class]) for m in per_class[0]}
+    return draws
+
+
+class MaskSource:
+    """Ground-truth union masks at a map's size, read from the dataset a row's config names (indexed once)."""
+
+    def __init__(self) -> None:
+        self._indexes: dict[tuple, dict] = {}
+        self._masks: dict[tuple, np.ndarray] = {}
+
+    def masks_for(self, config: dict, sample_ids: tuple[str, ...], shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+        from harness.data import load_dataset, read_mask_stack
+
+        key = (config.get("dataset"), config.get("data_root"), tuple(config.get("classes") or ()))
+        if key not in self._indexes:
+            index = load_dataset(key[0], key[1], classes=config.get("classes"), check_counts=False)
+            if getattr(index, "defects_config", None):
+                raise ValueError("MVTec LOCO's sPRO masks are not resampled")
+            self._indexes[key] = {s.sample_id: s for s in index.split("test")}
+        samples = self._indexes[key]
+        missing = [sid for sid in sample_ids if sid not in samples]
+        if missing:
+            raise ValueError(f"{len(missing)} scored sample(s) not in the dataset, e.g. {missing[0]!r}")
+        for sid, shape in zip(sample_ids, shapes):
+            if (key, sid, shape) not in self._masks:
+                self._masks[(key, sid, shape)] = read_mask_stack(samples[sid], shape).any(axis=0)
+        return [self._masks[(key, sid, shape)] for sid, shape in zip(sample_ids, shapes)]
+
+
+def run_pixel_tallies(store, run_ids: list[str], images: TestImages, config: dict, masks: MaskSource) -> list[list[PixelTally]]:
+    """Per run, one tally per test image (in the images' order) from its stored map and the dataset's mask."""
+    from harness.results.predictions import read_maps
+
+    tallies = []
+    for run_id in run_ids:
+        maps = read_maps(store, run_id)
+        missing = [sid for sid in images.sample_ids if sid not in maps]
+        if missing:
+            raise ValueError(f"run {run_id} stored no map for {len(missing)} scored sample(s), e.g. {missing[0]!r}")
+        ordered = [maps[sid] for sid in images.sample_ids]
+        truth = masks.masks_for(config, images.sample_ids, [m.shape for m in ordered])
+        tallies.append([image_tally(m, t) for m, t in zip(ordered, truth)])
+    return tallies
+
+
+def add_pixel_draws(found: RowUncertainty, run_tallies: list[list[PixelTally]], weights: np.ndarray, confidence: float) -> None:
+    """The row's seed-mean pixel draws, intervals and observed values, beside its image ones."""
+    per_run = [pixel_run_draws(found.images, tallies, weights) for tallies in run_tallies]
+    identity = np.ones((1, len(found.images.labels)), dtype=np.int32)
+    observed = [pixel_run_draws(found.images, tallies, identity) for tallies in run_tallies]
+    for group in per_run[0]:
+        for metric in per_run[0][group]:
+            draws = np.mean([d[group][metric] for d in per_run], axis=0)
+            found.draws[group][metric] = draws
+            found.observed[group][metric] = float(np.mean([o[group][metric][0] for o in observed]))
+            if (ci := interval(draws, confidence)) is not None:
+                found.intervals[group][metric] = ci
