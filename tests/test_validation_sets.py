@@ -35,11 +35,13 @@ def validation_a(tmp_path_factory):
         yield load_dataset("validation_a")
 
 
-def test_same_seed_gives_the_same_bytes_and_another_seed_other_bytes(tmp_path):
-    dataset = VALIDATION_SETS["validation_b"]
-    for folder, seed in (("first", 0), ("again", 0), ("other", 1)):
+def test_same_seed_gives_the_same_bytes_and_another_seed_other_bytes(validation_a, tmp_path):
+    dataset = VALIDATION_SETS["validation_a"]
+    for folder, seed in (("again", 0), ("other", 1)):
         write_class(dataset, tmp_path / folder, seed, 0)
-    first, again, other = (manifest(tmp_path / f) for f in ("first", "again", "other"))
+    prefix = f"{dataset.classes[0].name}/"
+    first = {k: v for k, v in manifest(validation_a.root).items() if k.startswith(prefix)}
+    again, other = manifest(tmp_path / "again"), manifest(tmp_path / "other")
     assert first == again
     assert first.keys() == other.keys()
     assert not set(first.items()) & set(other.items())
@@ -95,11 +97,6 @@ def test_built_on_first_use_and_read_by_the_mvtec_ad_loader_with_the_card_s_coun
         assert mask.shape == (IMAGE_SIZE, IMAGE_SIZE) and set(np.unique(mask)) == {0, 255}
 
 
-def test_a_rebuild_over_the_cached_tree_gives_the_same_bytes(validation_a, tmp_path):
-    again = prepare_validation_set("validation_a", seed=0, root=tmp_path / "again")
-    assert manifest(again) == manifest(validation_a.root)
-
-
 def test_a_trial_on_a_validation_set_needs_no_data_root():
     from harness.training.trial_config import dataset_issues
 
@@ -110,3 +107,15 @@ def test_a_trial_on_a_validation_set_needs_no_data_root():
 def test_an_unknown_set_name_is_refused_by_name():
     with pytest.raises(ValueError, match="validation_c.*validation_a, validation_b"):
         prepare_validation_set("validation_c")
+
+
+def test_datasets_prepare_builds_validation_b_and_prints_its_counts(monkeypatch, tmp_path, capsys):
+    from harness.cli import main
+    from harness.data.validation_sets import default_root
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["datasets", "prepare", "validation_b", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert str(default_root("validation_b", 2)) in out.replace("\n", "")
+    assert "flipped_part" in out and "cameraman" in out
