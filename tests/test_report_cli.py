@@ -154,3 +154,12 @@ def test_live_view_pickles_without_its_display(live_view):
     view, _ = live_view
     copy = pickle.loads(pickle.dumps(view))  # Tune stores its callbacks in the experiment state
     assert copy.state == view.state and copy.labels == view.labels
+
+
+def test_the_dataset_spinner_says_a_generated_dataset_may_be_built(tmp_path, monkeypatch):
+    from harness.training.progress import dataset_step_text
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    assert dataset_step_text("embedded", None).startswith(f"preparing dataset embedded: generating it under {tmp_path.resolve()}")
+    assert dataset_step_text("mvtec_ad", "/data/mvtec") == "checking dataset mvtec_ad at /data/mvtec"
+    assert dataset_step_text("embedded", "/data/copy") == "checking dataset embedded at /data/copy"

@@ -1,4 +1,5 @@
-"""Progress bars for one training run: feature extraction, component masks, epochs, evaluation."""
+"""Progress bars for one training run: feature extraction, component masks, epochs, evaluation; and
+the words of the spinner before it, which names the dataset step (a generated one may be built)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ class TrainingProgress:
         elif stage == "eval":
             task = self._task("eval", "evaluation", info.get("total"))
             self._progress.advance(task, info.get("advance", 0))
+
+
+def dataset_step_text(dataset: str, data_root) -> str:
+    """What the spinner before training says: a generated dataset without a root is built on first use."""
+    from harness.data.registry import BUILT_ON_FIRST_USE
+    from harness.paths import cache_root
+
+    if data_root is None and dataset in BUILT_ON_FIRST_USE:
+        return f"preparing dataset {dataset}: generating it under {cache_root()} on first use (reused afterwards), then checking it"
+    return f"checking dataset {dataset} at {data_root}"
