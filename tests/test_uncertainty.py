@@ -160,6 +160,12 @@ def test_views_show_intervals_ties_and_the_test(store):
     text = console.export_text()
     assert cell in text and "≈1" in text and "paired bootstrap" in text and "1000 resamples" in text
 
+    narrow = Console(record=True, width=80)
+    render_terminal(board, narrow)  # the intervals get a table of their own rather than cut cells
+    lines = [line.rstrip() for line in narrow.export_text().splitlines()]
+    assert max(len(line) for line in lines) <= 80 and "Bootstrap intervals (class mean)" in lines
+    assert any("≈1" in line and "routing=top1" in line and f"[{100 * ci.low:.2f}, {100 * ci.high:.2f}]" in line for line in lines)
+
     markdown = render_markdown(board)
     assert f"| 1 | routing=softmax | 3/3 | {cell} |" in markdown
     assert "| ≈1 | routing=top1 |" in markdown and "two-sided, 5% level" in markdown

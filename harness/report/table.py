@@ -44,7 +44,7 @@ def format_summary(summary: MetricSummary | None, interval: Interval | None = No
         return DASH
     text = f"{100 * summary.mean:.2f}"
     text = text if math.isnan(summary.std) else f"{text} ± {100 * summary.std:.2f}"
-    return text if interval is None else f"{text} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+    return text if interval is None else f"{text} {_interval_text(interval)}"
 
 
 TIED_MARK = "≈1"
@@ -116,12 +116,17 @@ def report_heading(board: Leaderboard) -> tuple[str, str]:
     return title, caption
 
 
-def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, efficiency: tuple[str, ...] = EFFICIENCY_COLUMNS) -> TextTable:
+def leaderboard_table(
+    board: Leaderboard,
+    metrics: list[str] | None = None,
+    efficiency: tuple[str, ...] = EFFICIENCY_COLUMNS,
+    intervals: bool = True,
+) -> TextTable:
     """Rank, configuration, (method/dataset when they vary, modalities when a multi-modal method is there),
     seeds, metrics (+ paper), efficiency, status."""
     metrics = board.metrics if metrics is None else [m for m in metrics if m in board.metrics]
-    show_method = len({r.method for r in board.rows}) > 1
-    show_dataset = len({r.dataset for r in board.rows}) > 1
+    show_method = len({r.method for r in board.rows}) > 1 and not _labels_name(board, "method")
+    show_dataset = len({r.dataset for r in board.rows}) > 1 and not _labels_name(board, "dataset")
     show_modalities = any("modalities" in r.method_config for r in board.rows)  # a multi-modal method is on the board
     reported_metrics = {m for r in board.rows for m in r.reported if m in metrics}
     efficiency_columns = [c for c in efficiency if any(r.efficiency.get(c) is not None for r in board.rows)]
@@ -144,7 +149,7 @@ def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, effi
         cells += [row.modalities] if show_modalities else []
         cells.append(row.seeds_text)
         for metric in metrics:
-            cells.append(format_summary(row.metrics.get(metric), row.intervals.get("mean", {}).get(metric)))
+            cells.append(format_summary(row.metrics.get(metric), row.intervals.get("mean", {}).get(metric) if intervals else None))
             if metric in reported_metrics:
                 cells.append(format_reported(row, metric))
         cells += [format_efficiency(c, row.efficiency.get(c)) for c in efficiency_columns]
@@ -153,6 +158,26 @@ def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, effi
     footnotes = [REPORTED_NOTE] if reported_metrics else []
     footnotes += [f"{row.label}: {problem}" for row in board.rows for problem in row.problems]
     return TextTable(headers, rows, [r.status for r in board.rows], footnotes, uncertainty_legend(board, metrics))
+
+
+def interval_table(board: Leaderboard, metrics: list[str]) -> TextTable:
+    """Rank, configuration and the class-mean bootstrap interval of each metric that has one (narrow terminals)."""
+    metrics = [m for m in metrics if any(m in row.intervals.get("mean", {}) for row in board.rows)]
+    headers = ["#", "Configuration"] + [f"{metric_title(m)} {100 * board.bootstrap.confidence:g}% CI" for m in metrics] if metrics else []
+    rows = []
+    for rank, row in enumerate(board.rows, start=1):
+        found = row.intervals.get("mean", {})
+        rows.append([rank_text(row, rank), row.label] + [_interval_text(found.get(m)) for m in metrics])
+    return TextTable(headers, rows if metrics else [], [r.status for r in board.rows] if metrics else [], [])
+
+
+def _interval_text(interval: Interval | None) -> str:
+    return DASH if interval is None else f"[{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+
+
+def _labels_name(board: Leaderboard, key: str) -> bool:
+    """Whether every row's label already says its method (or dataset), so a column would repeat it."""
+    return all(f"{key}={getattr(row, key)}" in row.label.split() for row in board.rows)
 
 
 def per_class_table(board: Leaderboard, metric: str) -> TextTable:

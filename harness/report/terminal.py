@@ -6,7 +6,14 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.report.leaderboard import Leaderboard
-from harness.report.table import TextTable, leaderboard_table, metric_title, per_class_table, reported_elsewhere_table
+from harness.report.table import (
+    TextTable,
+    interval_table,
+    leaderboard_table,
+    metric_title,
+    per_class_table,
+    reported_elsewhere_table,
+)
 
 _ROW_STYLES = {"complete": "", "partial": "yellow", "failed": "red", "missing": "dim"}
 # The terminal shows the headline metrics; Markdown, HTML and CSV carry all of them.
@@ -31,9 +38,12 @@ def render_terminal(board: Leaderboard, console: Console | None = None, per_clas
     if console.width >= WIDE_ENOUGH:
         table = leaderboard_table(board, TERMINAL_METRICS, TERMINAL_EFFICIENCY)
         console.print(_rich_table(table, f"{title}  ({board.store_root})"))
-    else:  # a narrow terminal: metrics and efficiency as two tables rather than truncated cells
-        table = leaderboard_table(board, TERMINAL_METRICS, ())
+    else:  # a narrow terminal: metrics, their intervals and efficiency as tables of their own, not truncated cells
+        table = leaderboard_table(board, TERMINAL_METRICS, (), intervals=False)
         console.print(_rich_table(table, f"{title}  ({board.store_root})"))
+        intervals = interval_table(board, TERMINAL_METRICS)
+        if intervals.rows:
+            console.print(_rich_table(intervals, "Bootstrap intervals (class mean)"))
         console.print(_rich_table(leaderboard_table(board, [], TERMINAL_EFFICIENCY), "Efficiency"))
     for note in table.footnotes:
         console.print(f"  {note}", style="dim" if note.startswith("*") else "yellow", markup=False, highlight=False)
