@@ -78,6 +78,32 @@ def count_macs(fn, *args, **kwargs) -> MacCount:
     return MacCount(true=int(counter.get_total_flops()) // 2, masked_qk=masked[0])
 
 
+def count_part_macs(fn, part: nn.Module, *args, **kwargs) -> tuple[MacCount, int]:
+    """MACs of ``fn(*args)`` and the share spent inside ``part`` (any of its modules, outermost call counted once)."""
+    depth, spent, start = [0], [0], [0]
+    counter = FlopCounterMode(display=False)
+
+    def enter(module, inputs):
+        if depth[0] == 0:
+            start[0] = counter.get_total_flops()
+        depth[0] += 1
+
+    def leave(module, inputs, output):
+        depth[0] -= 1
+        if depth[0] == 0:
+            spent[0] += counter.get_total_flops() - start[0]
+
+    hooks = [m.register_forward_pre_hook(enter) for m in part.modules()] + [m.register_forward_hook(leave) for m in part.modules()]
+    try:
+        with torch.no_grad(), counter:
+            fn(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    total = int(counter.get_total_flops()) // 2
+    return MacCount(true=total, masked_qk=0), int(spent[0]) // 2
+
+
 def _modules_of(fn) -> list[nn.Module]:
     owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
     return list(owner.modules()) if isinstance(owner, nn.Module) else []
@@ -164,7 +190,8 @@ def profile_image_method(name: str, preset: str = "paper", overrides: dict[str, 
 
     ``trainable`` leaves out the modules the method reports apart (a frozen prior generator, an
     auxiliary estimator, a frozen encoder), listed under ``apart`` by name; MACs are one ``predict``
-    on the method's ``example_batch`` (every module it runs, frozen ones included)."""
+    on the method's ``example_batch`` (every module it runs, frozen ones included), and the share of
+    them inside ``reconstruction_module()``."""
     overrides = {**(overrides or {}), "backbone_weights": "random"}
     config = methods.preset_config(name, preset, overrides)
     method = methods.build(name, preset, overrides, feature_channels=[], feature_reductions=[]).eval()
@@ -190,8 +217,9 @@ def profile_image_method(name: str, preset: str = "paper", overrides: dict[str, 
         "macs": {},
     }
     if with_macs:
-        count = count_macs(method.predict, method.example_batch(1))
+        count, inside = count_part_macs(method.predict, recon, method.example_batch(1))
         profile["macs"]["with_backbone"] = asdict(count) | {"common": count.common}
+        profile["macs"]["reconstruction"] = {"true": inside, "masked_qk": 0, "common": inside}
     profile["reported"] = _reported(name, config)
     return profile
 

@@ -120,3 +120,14 @@ def test_anomalymoe_paper_profile_reports_452_5m_trainable_with_estimator_and_en
     assert profile["params"]["trainable"] == 452_454_610 and round(profile["params"]["trainable"] / 1e6, 1) == 452.5
     assert profile["params"]["apart"] == {"club_estimator": 2_365_440, "encoder": 86_580_480}  # spec 4.6
     assert profile["macs"] == {}
+
+
+@pytest.mark.parametrize("method", ["unimmad", "anomalymoe"])
+def test_a_sweep_cell_of_an_image_method_gets_its_efficiency_columns(method):
+    """What every sweep cell's runs row records (harness.sweep.outcome); the reconstruction share is inside the whole."""
+    from harness.sweep.outcome import efficiency_columns
+
+    columns = efficiency_columns(method, "cpu", {})
+    assert 0 < columns["params_reconstruction"] <= columns["params_trainable"] < columns["params_total"]
+    assert 0 < columns["macs_reconstruction_g"] < columns["macs_total_g"]
+    assert columns["flops_total_g"] == pytest.approx(2 * columns["macs_total_g"])
