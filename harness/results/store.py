@@ -8,6 +8,7 @@ Layout under the store root::
     routing/<run_id>.parquet
     trials/<sweep>.parquet           the expanded trial list of a sweep (for missing cells)
     predictions/<run_id>.parquet     per-sample scores and float16 maps (results.predictions)
+    checkpoints/<run_id>.pt          the final model state (sweep retention ``checkpoints: last``)
 
 Every file is written under a hidden temporary name in its own directory and renamed into place,
 so a reader never sees half a file and concurrent trials never write the same file. A run's
@@ -131,6 +132,7 @@ class ResultStore:
         for table in DETAIL_TABLES:
             self._file(table, run_id).unlink(missing_ok=True)
         self.predictions_path(run_id).unlink(missing_ok=True)
+        self.checkpoint_path(run_id).unlink(missing_ok=True)
         atomic_write_table(rows_to_table([row], RUNS, "runs"), self._file("runs", run_id))
         return run_id
 
@@ -156,6 +158,26 @@ class ResultStore:
     def predictions_path(self, run_id: str) -> Path:
         """Where a run's prediction artefact lives (written with results.predictions.write_predictions)."""
         return self.root / "predictions" / f"{run_id}.parquet"
+
+    def checkpoint_path(self, run_id: str) -> Path:
+        """Where a run's final model state is kept: ``{"model": state_dict, "epoch": last epoch}``."""
+        return self.root / "checkpoints" / f"{self._file('checkpoints', run_id).stem}.pt"
+
+    def write_checkpoint(self, run_id: str, model_file: str | Path) -> Path:
+        """Keep the model state of a loop checkpoint (model.pt) for ``run_id``, without the optimiser's
+        state; written before the run's row, like its other files, through a hidden temporary file."""
+        import torch
+
+        state = torch.load(model_file, map_location="cpu", weights_only=True)
+        path = self.checkpoint_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            torch.save({"model": state["model"], "epoch": state.get("epoch")}, temporary)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return path
 
     # ------------------------------------------------------------ reading
 
@@ -214,13 +236,14 @@ class ResultStore:
         """Delete temporary files and detail files with no runs row. Call only while no trial is writing."""
         known = {path.stem for path in (self.root / "runs").glob("[!.]*.parquet")}
         removed = []
-        for table in (*TABLES, "predictions"):
+        for table in (*TABLES, "predictions", "checkpoints"):
             directory = self.root / table
             if not directory.is_dir():
                 continue
             for path in directory.iterdir():
                 hidden_temporary = path.name.startswith(".") and path.name.endswith(".tmp")
-                orphan = table in (*DETAIL_TABLES, "predictions") and path.suffix == ".parquet" and path.stem not in known
+                own_file = path.suffix == (".pt" if table == "checkpoints" else ".parquet")
+                orphan = table in (*DETAIL_TABLES, "predictions", "checkpoints") and own_file and path.stem not in known
                 if hidden_temporary or orphan:
                     path.unlink(missing_ok=True)
                     removed.append(path)

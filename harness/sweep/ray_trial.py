@@ -4,7 +4,9 @@ workers == 0 runs the training loop inside the Tune trial's own process; workers
 Ray Train TorchTrainer (the Ray 2.60 pattern: a Tune function trainable that builds the trainer
 and calls fit(), with TuneReportCallback forwarding the workers' reports to Tune). Either way the
 trial itself writes its finished result, or its failure, to the result store, so the store must be
-on storage every node can reach (see the README's cluster section).
+on storage every node can reach (see the README's cluster section). With the sweep's
+``checkpoints: last`` (the default) the trial also keeps its final model state there, for
+``harness predict``.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ def sweep_cell(params: dict) -> None:
             outcome = run_training(cell["config"], TuneInProcessContext())
         else:
             outcome = TrainingOutcome.from_checkpoint(_train_with_ray_train(cell["config"], cell))
+        if cell.get("checkpoints", "last") == "last":  # before the runs row, like every file of the run
+            store.write_checkpoint(cell["run_id"], outcome.checkpoint_dir / "model.pt")
         record_outcome(store, cell, outcome)
     except Exception as error:  # noqa: BLE001: any failure becomes a recorded failed cell; the sweep goes on
         reason = f"{type(error).__name__}: {error}"

@@ -233,6 +233,7 @@ def _run_pending(spec, args, store, pending: list, console: Console) -> None:
             "results": str(store.root),
             "storage_path": str(store.root / "ray"),
             "threads": threads,
+            "checkpoints": spec.checkpoints,
             "command_line": command_line,
             "scaling": {
                 "workers": scaling.workers,

@@ -26,7 +26,7 @@ from typing import Any
 from harness.config import ConfigIssue, ConfigProblems, load_yaml, parse_assignment, set_dotted, show_value
 from harness.formatting import format_value
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "studies", "seeds", "tune", "scaling", "results")
+TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "studies", "seeds", "tune", "scaling", "results", "checkpoints")
 STUDY_KEYS = ("name", "base", "axes")
 BASE_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "method_config")
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -35,6 +35,7 @@ TUNE_KEYS = ("num_samples", "max_concurrent_trials", "scheduler", "sample_seed")
 ASHA_KEYS = ("metric", "mode", "max_t", "grace_period", "reduction_factor")
 SCALING_KEYS = ("workers", "use_gpu", "resources_per_worker")
 DEFAULT_RESULTS = "./results"
+CHECKPOINT_RETENTION = ("last", "none")  # last: each trial's final model state kept in the store
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -137,6 +138,7 @@ class SweepSpec:
     tune: TuneSettings
     scaling: ScalingSettings
     results: Path
+    checkpoints: str = "last"
     source: str = "<sweep>"
     notes: list[str] = field(default_factory=list)
     studies: list[Study] = field(default_factory=list)
@@ -262,6 +264,10 @@ def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
     if not isinstance(results, (str, Path)) or not str(results):
         bad("results", results, "a directory path for the result store (default ./results)")
         results = DEFAULT_RESULTS
+    checkpoints = raw.get("checkpoints", "last")
+    if checkpoints not in CHECKPOINT_RETENTION:
+        bad("checkpoints", checkpoints, "last (keep each trial's final model in the store, for harness predict) or none")
+        checkpoints = "last"
 
     spec = SweepSpec(
         name=name if isinstance(name, str) else "",
@@ -272,6 +278,7 @@ def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
         tune=tune,
         scaling=scaling,
         results=Path(results).expanduser().resolve(),
+        checkpoints=checkpoints,
         source=source,
         notes=notes,
         studies=studies,
