@@ -5,12 +5,14 @@ Examples:
   harness train --method unilead --preset cpu --dataset embedded
   harness train --method uniad --dataset mvtec_ad --data-root /data/mvtec_ad --preset paper
   harness train --method unilead --set routing=top1 --set epochs=3 --json
+  harness train --method uniad --set epochs=1 --results results   # a run the leaderboard and predict can read
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from harness.commands._options import add_method_set_option, comma_list, method_overrides, option_name
 
@@ -37,6 +39,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-feature-cache", action="store_true", help="recompute backbone features instead of using the cache")
     parser.add_argument("--output", default=None, help="folder for the checkpoint, predictions and outcome.json")
     parser.add_argument("--json", action="store_true", help="print the metric table as JSON instead of a table")
+    parser.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="also write the finished run (scores, maps, final model) into this result store, under the run id a "
+        "sweep computes for the same trial, so `harness leaderboard DIR` shows it and `harness predict --run ID` reads it",
+    )
 
 
 def torch_threads(requested: int | None) -> int:
@@ -87,6 +96,9 @@ def run(args) -> int:
     except TrainingDiverged as error:
         console.print(f"[red]training failed:[/red] {error}")
         return 1
+    if args.results:
+        run_id = write_to_store(args.results, config, outcome)
+        console.print(f"run {run_id} written to the result store {args.results}")
     table = outcome.metric_table
     if args.json:
         json.dump(table.to_dict(), sys.stdout, indent=2, default=float)
@@ -102,3 +114,31 @@ def run(args) -> int:
             f"evaluated in {run_info['wall_time_eval_s']:.1f} s; outputs in {outcome.checkpoint_dir}"
         )
     return 0
+
+
+def sweep_trial_config(config: dict) -> dict:
+    """The trial as a sweep expands it (no ``expect`` key unless one is given), so the run id matches."""
+    keys = ("method", "preset", "dataset", "data_root", "classes", "method_config", "seed")
+    trial = {key: config[key] for key in keys}
+    if trial["data_root"]:
+        trial["data_root"] = str(Path(trial["data_root"]).expanduser().resolve())  # as the sweep driver does
+    if config.get("expect") is not None:
+        trial["expect"] = config["expect"]
+    return trial
+
+
+def write_to_store(results: str, config: dict, outcome) -> str:
+    """The finished run into the ResultStore at ``results``: final model, maps, tables, then its runs row."""
+    from harness.identity import trial_run_id
+    from harness.results.provenance import driver_command
+    from harness.results.store import ResultStore
+    from harness.sweep.outcome import record_outcome
+    from harness.sweep.spec import trial_label
+
+    trial = sweep_trial_config(config)
+    run_id = trial_run_id(trial, outcome.run["method_version"], outcome.run["dataset_fingerprint"])
+    store = ResultStore(results)
+    store.write_checkpoint(run_id, outcome.checkpoint_dir / "model.pt")
+    label = trial_label({**trial["method_config"], "seed": trial["seed"]})
+    cell = {"run_id": run_id, "config": trial, "label": label, "command_line": driver_command()}
+    return record_outcome(store, cell, outcome)
