@@ -181,7 +181,9 @@ def test_views_show_intervals_ties_and_the_test(store):
     assert float(bottle["i_auroc_ci_low"]) < float(bottle["i_auroc_mean"]) < float(bottle["i_auroc_ci_high"])
 
     page = render_html(board, store)
-    assert cell in page and "<td>≈1</td>" in page and "paired bootstrap" in page
+    value, interval = cell.split(" [")
+    assert f"<span class='value'>{value}</span><br><span class='ci'>[{interval}</span>" in page
+    assert "<td>≈1</td>" in page and "paired bootstrap" in page and "[95% bootstrap interval over the test images]" in page
 
 
 def test_no_bootstrap_leaves_the_cells_as_before(store):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,9 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f2f2f2} td:nth-child(2){text-align:left}
 tr.failed td{color:#b00} tr.missing td{color:#999} tr.partial td{color:#a60}
 .note{color:#666;font-size:12px} img{max-width:100%;margin:0.5em 0}
+.value,.ci{white-space:nowrap} .ci{color:#666;font-size:11px}
 """
+_WITH_INTERVAL = re.compile(r"(.+) (\[[^\]]+\])")
 
 
 def render_html(board: Leaderboard, store: ResultStore) -> str:
@@ -76,10 +79,19 @@ def _elsewhere_section(board: Leaderboard) -> list[str]:
 def _table_html(table: TextTable) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
     rows = "".join(
-        f"<tr class='{status}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+        f"<tr class='{status}'>" + "".join(f"<td>{_cell_html(c)}</td>" for c in cells) + "</tr>"
         for cells, status in zip(table.rows, table.row_status)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _cell_html(cell: str) -> str:
+    """A metric cell's bootstrap interval on its own line under the mean ± std, neither broken inside."""
+    found = _WITH_INTERVAL.fullmatch(cell)
+    if found is None:
+        return html.escape(cell)
+    value, interval = (html.escape(part) for part in found.groups())
+    return f"<span class='value'>{value}</span><br><span class='ci'>{interval}</span>"
 
 
 def _img(png: bytes | None, alt: str) -> str:

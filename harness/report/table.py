@@ -111,8 +111,11 @@ def report_heading(board: Leaderboard) -> tuple[str, str]:
     """The title and the one-line caption (source store, units, ranking) of every written report."""
     title = f"Leaderboard: sweep {board.sweep}" if board.sweep else "Leaderboard: all runs"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    spread = "mean ± std over seeds"
+    if board.bootstrap is not None and any(row.intervals for row in board.rows):
+        spread += f" and [{100 * board.bootstrap.confidence:g}% bootstrap interval over the test images]"
     caption = (f"Generated {stamp} from the result store {board.store_root}. Metrics in percent, class means, "
-               f"mean ± std over seeds; ranked by {metric_title(board.sort_metric)}.")
+               f"{spread}; ranked by {metric_title(board.sort_metric)}.")
     return title, caption
 
 
