@@ -1,4 +1,4 @@
-"""Bootstrap intervals on leaderboard cells and ties with the best row (issue 13 items 1-2; spec 7.10: CIs).
+"""Bootstrap intervals on leaderboard cells and ties with the best row (issue 13 items 1-2; datasets-and-metrics.md 7.9: CIs).
 
 Every row of a board scores the same test images, so one set of resamples serves them all:
 ``stratified_multiplicities`` draws, per (class, label) stratum, as many images as the stratum
@@ -29,10 +29,9 @@ from harness.metrics.accumulator import DEFAULT_MAX_BINS
 from harness.metrics.histogram import ANOMALOUS, N_COLUMNS, NORMAL, PRO_WEIGHT, ScoreHistogram
 from harness.metrics.pixel_tally import PixelTally, pixel_metrics, tally_maps
 from harness.metrics.score_keys import canonical_float32
+from harness.metrics.table import IMAGE_METRICS, MEAN, POOLED
 
-IMAGE_METRICS = ("i_auroc", "i_ap", "i_f1max")
 PIXEL_CHUNK = 16  # resamples summed at once: bounds the dense (resamples x bins) block
-MEAN, POOLED = "mean", "pooled"
 
 
 @dataclass(frozen=True)
