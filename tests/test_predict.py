@@ -81,6 +81,21 @@ def test_predict_on_the_runs_test_images_reproduces_its_stored_scores_and_maps_e
         assert predicted.dtype == np.float16 and np.array_equal(predicted, maps[row["sample_id"]]), row["sample_id"]
 
 
+
+def test_an_image_method_with_component_masks_and_class_normalised_maps_is_reproduced_exactly(fixture_root, tmp_path):
+    """AnomalyMoE: the loop's image pipeline, the offline component masks and the per-class finish()."""
+    store = tmp_path / "store"
+    assert main(["train", "--method", "anomalymoe", "--dataset", "generic", "--data-root", str(fixture_root),
+                 *EPOCHS_AND_BATCH, "--results", str(store), "--output", str(tmp_path / "run"), "--json"]) == 0
+    (run_id,) = ResultStore(store).completed_run_ids()
+    run = {"run_id": run_id, "store": store}
+    assert _predict(run, tmp_path / "out", fixture_root / "gear" / "test", fixture_root / "widget" / "test") == 0
+    rows = _csv_rows(tmp_path / "out")
+    stored = {row["sample_id"]: row["score"] for row in ResultStore(store).read("sample_scores", [run_id]).to_pylist()}
+    assert {row["sample_id"]: float(row["score"]) for row in rows} == stored
+    maps = read_maps(store, run_id)
+    assert all(np.array_equal(np.load(tmp_path / "out" / row["map_npy"]), maps[row["sample_id"]]) for row in rows)
+
 def test_predict_writes_a_heat_map_and_an_overlay_at_the_map_size(trained, tmp_path):
     image = trained["root"] / "gear" / "test" / "good" / "000.png"
     assert image.exists()
