@@ -113,6 +113,7 @@ def exit_now(status: int) -> None:
 def check_sweep_datasets(spec, console) -> None:
     """The pre-training dataset checks, once per distinct dataset of the sweep, in the driver before Ray starts."""
     from harness.data.verify import check_trial_dataset
+    from harness.training.progress import dataset_step_text
 
     seen = set()
     for trial in spec.trials():
@@ -120,7 +121,7 @@ def check_sweep_datasets(spec, console) -> None:
         key = repr((c["dataset"], c.get("data_root"), c.get("classes"), c.get("expect")))
         if key not in seen:
             seen.add(key)
-            with console.status(f"checking dataset {c['dataset']}"):
+            with console.status(dataset_step_text(c["dataset"], c.get("data_root"))):
                 check_trial_dataset(c["dataset"], c.get("data_root"), classes=c.get("classes"), expected=c.get("expect"))
 
 

@@ -83,12 +83,12 @@ def run(args) -> int:
 
     from harness.data.verify import check_trial_dataset
     from harness.training.loop import TrainingDiverged, run_training
-    from harness.training.progress import TrainingProgress
+    from harness.training.progress import TrainingProgress, dataset_step_text
 
     console = Console(stderr=True)
     config = trial_from_args(args)
     torch_threads(args.threads)
-    with console.status("checking the dataset"):
+    with console.status(dataset_step_text(config["dataset"], config["data_root"])):
         check_trial_dataset(config["dataset"], config["data_root"], classes=config["classes"], expected=config["expect"])
     try:
         with TrainingProgress(console) as progress:

@@ -421,7 +421,7 @@ def evaluate(inputs: TrainingInputs, model: torch.nn.Module, context: WorkerCont
     if inputs.method.class_normalised:
         ranges = merged_level_ranges(context.gather(level_ranges(predicted)))
         for samples, prediction in predicted:
-            lows, highs = _sample_ranges(ranges, [s.class_name for s in samples])
+            lows, highs = sample_level_ranges(ranges, [s.class_name for s in samples])
             _record_prediction(inputs, samples, inputs.method.finish(prediction, lows, highs), shard)
     shard.seconds = time.time() - started
     return shard
@@ -455,7 +455,8 @@ def merged_level_ranges(shards: list[dict]) -> dict[tuple[str, str], tuple[float
     return merged
 
 
-def _sample_ranges(ranges: dict, class_names: list[str]) -> tuple[dict, dict]:
+def sample_level_ranges(ranges: dict, class_names: list[str]) -> tuple[dict, dict]:
+    """Each sample's class minimum and maximum per level (name -> (B,)), the arguments of ``finish``."""
     names = sorted({level for _, level in ranges})
     lows = {n: torch.tensor([ranges[(c, n)][0] for c in class_names], dtype=torch.float32) for n in names}
     highs = {n: torch.tensor([ranges[(c, n)][1] for c in class_names], dtype=torch.float32) for n in names}
