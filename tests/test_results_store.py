@@ -331,3 +331,16 @@ def test_a_run_scored_by_another_metric_version_is_out_of_date_and_runs_again(st
     (problem,) = store.damaged_runs()["older"]
     assert problem.kind == "stale" and "0.9.0" in str(problem) and METRIC_VERSION in str(problem)
     assert "out of date" in str(problem)
+
+
+def test_a_retried_cell_removes_only_its_own_half_written_files(tmp_path):
+    from harness.sweep.outcome import remove_stale_temporaries
+
+    store = ResultStore(tmp_path / "store")
+    left = [store.root / "runs" / ".run1.parquet.123.tmp", store.root / "checkpoints" / ".run1.pt.456.tmp"]
+    other = store.root / "checkpoints" / ".run2.pt.789.tmp"
+    for path in left + [other]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    assert sorted(remove_stale_temporaries(store, "run1")) == sorted(left)
+    assert other.exists() and not any(p.exists() for p in left)

@@ -67,7 +67,7 @@ def remove_stale_temporaries(store, run_id: str) -> list:
     """
     removed = []
     for folder in store.root.iterdir() if store.root.is_dir() else ():
-        for path in folder.glob(f".{run_id}.parquet.*.tmp") if folder.is_dir() else ():
+        for path in folder.glob(f".{run_id}.*.tmp") if folder.is_dir() else ():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
