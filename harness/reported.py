@@ -4,6 +4,12 @@ Each entry names a method, a dataset (or ``any``), the method_config values it w
 a metric, a value and its source (table). Values in files marked ``unit: percent`` are converted
 to fractions, the scale our metrics use. These are claims of papers, shown beside our numbers and
 always labelled as reported. Below the report and profiling, which both show them.
+
+Reference checks (issue 13 item 4, report/reference_check.py) read two optional fields. A file's
+``reference_check`` header gives ``tolerance`` (points in the file's unit, either side of a value;
+DEFAULT_TOLERANCE_POINTS where absent) and ``not_comparable``: one reason for every entry, or a
+mapping of source to reason, for numbers whose protocol ours does not follow (the file's caveats).
+An entry's own ``tolerance`` overrides the file's.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from harness.config import ConfigError, load_yaml
 
 REPORTED_DIR = Path(__file__).resolve().parent / "reference" / "reported"
 _ENTRY_KEYS = {"source", "method", "dataset", "config", "metric", "value"}
+_CHECK_KEYS = {"tolerance", "not_comparable"}
+DEFAULT_TOLERANCE_POINTS = 1.0  # percent points either side, as MLPerf states a reference's tolerance
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,8 @@ class ReportedValue:
     value: float
     source: str
     paper: str
+    tolerance: float = DEFAULT_TOLERANCE_POINTS / 100  # at the same scale as value
+    not_comparable: str = ""  # why no run of ours can be checked against it ("" where one can)
 
     def applies_to(self, method: str, dataset: str, method_config: dict) -> bool:
         if method != self.method or self.dataset not in ("any", dataset):
@@ -41,10 +51,13 @@ def load_reported(directory: str | Path = REPORTED_DIR) -> tuple[ReportedValue, 
     for path in sorted(Path(directory).glob("*.yaml")):
         data = load_yaml(path)
         scale = 0.01 if data.get("unit") == "percent" else 1.0
-        for index, entry in enumerate(data.get("entries") or []):
+        entries = data.get("entries") or []
+        file_tolerance, reasons = _reference_check(path, data.get("reference_check") or {}, entries)
+        for index, entry in enumerate(entries):
             missing = _ENTRY_KEYS - set(entry) if isinstance(entry, dict) else _ENTRY_KEYS
             if missing:
                 raise ConfigError(f"{path}: entries[{index}] lacks {sorted(missing)}; each entry needs {sorted(_ENTRY_KEYS)}")
+            tolerance = _tolerance(entry.get("tolerance", file_tolerance), f"{path}: entries[{index}].tolerance")
             values.append(
                 ReportedValue(
                     method=entry["method"],
@@ -54,9 +67,35 @@ def load_reported(directory: str | Path = REPORTED_DIR) -> tuple[ReportedValue, 
                     value=float(entry["value"]) * scale,
                     source=str(entry["source"]),
                     paper=str(data.get("paper", path.stem)),
+                    tolerance=tolerance * scale,
+                    not_comparable=reasons.get(str(entry["source"]), reasons.get(None, "")),
                 )
             )
     return tuple(values)
+
+
+def _reference_check(path: Path, header, entries: list) -> tuple[float, dict]:
+    """The file's tolerance (points) and its not-comparable reasons by source (None: every entry)."""
+    where = f"{path}: reference_check"
+    if not isinstance(header, dict) or set(header) - _CHECK_KEYS:
+        raise ConfigError(f"{where} must be a mapping with keys among {sorted(_CHECK_KEYS)}, got {header!r}")
+    tolerance = _tolerance(header.get("tolerance", DEFAULT_TOLERANCE_POINTS), f"{where}.tolerance")
+    reasons = header.get("not_comparable") or {}
+    if isinstance(reasons, str):
+        return tolerance, {None: reasons}
+    sources = {str(e.get("source")) for e in entries if isinstance(e, dict)}
+    if not isinstance(reasons, dict) or not all(isinstance(r, str) and r.strip() for r in reasons.values()):
+        raise ConfigError(f"{where}.not_comparable must be a reason (text) or a mapping of source to reason, got {reasons!r}")
+    unknown = sorted(set(map(str, reasons)) - sources)
+    if unknown:
+        raise ConfigError(f"{where}.not_comparable names sources no entry has: {unknown}; sources: {sorted(sources)}")
+    return tolerance, {str(source): reason for source, reason in reasons.items()}
+
+
+def _tolerance(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"{where} must be a non-negative number of points, got {value!r}")
+    return float(value)
 
 
 def reported_for(method: str, dataset: str, method_config: dict, reported=None) -> dict[str, ReportedValue]:

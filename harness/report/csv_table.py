@@ -1,7 +1,8 @@
 """The leaderboard as CSV: per configuration a "mean" row, a "pooled" row when stored, and one row per class.
 
 Bootstrap intervals sit beside each metric (``<metric>_ci_low``/``_ci_high``, empty where none);
-``tied_with_best`` and ``p_vs_best`` carry the row's paired test on the sort metric.
+``tied_with_best`` and ``p_vs_best`` carry the row's paired test on the sort metric;
+``<metric>_reference_check`` the mean row's reference check against the reported value (reference_check.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def render_csv(board: Leaderboard) -> str:
               "seeds_complete", "seeds_total", "status", "run_ids", "tied_with_best", "p_vs_best"]
     for metric in board.metrics:
         header += [f"{metric}_mean", f"{metric}_std", f"{metric}_n", f"{metric}_ci_low", f"{metric}_ci_high",
-                   f"{metric}_reported", f"{metric}_reported_source"]
+                   f"{metric}_reported", f"{metric}_reported_source", f"{metric}_reference_check"]
     header += list(EFFICIENCY_COLUMNS)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -40,6 +41,7 @@ def render_csv(board: Leaderboard) -> str:
         groups += [("pooled", row.pooled)] if row.pooled else []
         groups += list(row.per_class.items())
         done = sum(c.status == "complete" for c in row.cells)
+        checks = {check.metric: check for check in row.reference_checks}
         for class_name, summaries in groups:
             cells = [rank, row.label, row.configuration_key, row.method, row.preset, row.dataset, class_name,
                      done, len(row.cells), row.status, " ".join(row.complete_run_ids), *_tie_cells(row)]
@@ -47,9 +49,11 @@ def render_csv(board: Leaderboard) -> str:
             for metric in board.metrics:
                 s, ci = summaries.get(metric), intervals.get(metric)
                 reported = row.reported.get(metric) if class_name == "mean" else None
+                check = checks.get(metric) if class_name == "mean" else None
                 cells += [_number(s.mean if s else None), _number(s.std if s else None), s.n if s else 0,
                           _number(ci.low if ci else None), _number(ci.high if ci else None),
-                          _number(reported.value if reported else None), reported.source if reported else ""]
+                          _number(reported.value if reported else None), reported.source if reported else "",
+                          check.explained if check else ""]
             cells += [_number(row.efficiency.get(c)) for c in EFFICIENCY_COLUMNS]
             writer.writerow(cells)
     return out.getvalue()

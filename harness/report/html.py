@@ -22,6 +22,7 @@ from harness.report.table import (
     leaderboard_table,
     metric_title,
     per_class_table,
+    reference_check_table,
     report_heading,
     reported_elsewhere_table,
 )
@@ -49,6 +50,7 @@ def render_html(board: Leaderboard, store: ResultStore) -> str:
         _table_html(summary),
         "".join(f"<p class='note'>{html.escape(note)}</p>" for note in summary.footnotes + summary.legend),
         *_elsewhere_section(board),
+        *_reference_check_section(board),
         "<h2>Plots</h2>",
     ]
     for metric in [m for m in ("i_auroc", "p_auroc", "aupro") if m in board.metrics]:
@@ -74,6 +76,14 @@ def _elsewhere_section(board: Leaderboard) -> list[str]:
         return []
     return ["<h2>Reported by the papers on other datasets</h2>", f"<p class='note'>{html.escape(table.footnotes[0])}</p>",
             _table_html(table)]
+
+
+def _reference_check_section(board: Leaderboard) -> list[str]:
+    table = reference_check_table(board)
+    if not table.rows:
+        return []
+    notes = "".join(f"<p class='note'>{html.escape(note)}</p>" for note in table.footnotes + table.legend)
+    return ["<h2>Reference check</h2>", _table_html(table), notes]
 
 
 def _table_html(table: TextTable) -> str:

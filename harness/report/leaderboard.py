@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from harness.formatting import format_value
+from harness.report.reference_check import ReferenceCheck, check_row
 from harness.report.uncertainty import (
     IMAGE_METRICS,
     BootstrapSettings,
@@ -103,6 +104,7 @@ class LeaderboardRow:
     intervals: dict[str, dict[str, Interval]] = field(default_factory=dict)  # class, "mean" or "pooled" -> metric -> CI
     tie: TieTest | None = None  # against the best row on the sort metric; None for the best row itself
     uncertainty_note: str = ""  # why the row has no intervals
+    reference_checks: list[ReferenceCheck] = field(default_factory=list)  # its reported values against its metrics
 
     @property
     def modalities(self) -> str:
@@ -247,6 +249,8 @@ def build_leaderboard(
     ranked = sorted(rows.values(), key=lambda r: _rank_key(r, sort_metric))
     if bootstrap is not None and complete_ids:
         _attach_uncertainty(ranked, store, complete_ids, bootstrap, sort_metric)
+    for row in ranked:
+        row.reference_checks = check_row(row)  # after the intervals, which can make a check within
     return Leaderboard(
         rows=ranked,
         sweep=sweep,

@@ -8,6 +8,7 @@ from harness.report.table import (
     leaderboard_table,
     metric_title,
     per_class_table,
+    reference_check_table,
     report_heading,
     reported_elsewhere_table,
 )
@@ -35,6 +36,9 @@ def render_markdown(board: Leaderboard) -> str:
     elsewhere = reported_elsewhere_table(board)
     if elsewhere.rows:
         parts += ["## Reported by the papers on other datasets", elsewhere.footnotes[0], markdown_table(elsewhere)]
+    checks = reference_check_table(board)
+    if checks.rows:
+        parts += ["## Reference check", markdown_table(checks), "\n".join(f"- {note}" for note in checks.footnotes + checks.legend)]
     for metric in board.metrics:
         parts += [f"## Per class: {metric_title(metric)}", markdown_table(per_class_table(board, metric))]
     return "\n\n".join(parts) + "\n"

@@ -20,6 +20,7 @@ from harness.report.leaderboard import (
     LeaderboardRow,
     MetricSummary,
 )
+from harness.report.reference_check import ABOVE, BELOW, CHECK_STATUSES, CHECKED_PRESET, WITHIN, ReferenceCheck
 from harness.report.uncertainty import IMAGE_METRICS, BootstrapSettings, Interval
 
 DASH = "—"
@@ -234,6 +235,74 @@ def _source_text(value) -> str:
 def _config_value(method_config: dict, key: str):
     value = method_config.get(key)
     return tuple(value) if isinstance(value, list) else value
+
+
+REFERENCE_CHECK_NOTE = (
+    f"Reference check: a row of the {CHECKED_PRESET} preset on the paper's dataset is within when its class mean "
+    "(over its complete seeds) lies within the stated tolerance of the reported value (harness/reference/reported, "
+    "reference_check), or when its bootstrap interval over the test images contains that value (the status says "
+    "so); otherwise it is below or above by the difference in points. Other presets, other datasets and protocols "
+    "ours does not follow are not comparable.")
+_CHECK_ROW_STATUS = {WITHIN: "complete", BELOW: "failed", ABOVE: "failed"}  # the row colours: flagged ones red
+CHECK_COLUMNS = ("Configuration", "Metric", "Paper", "Source", "Measured", "Interval", "Difference", "Tolerance", "Status")
+# Narrower layouts for a terminal, widest first; the last fits 80 columns beside a sweep's labels.
+TERMINAL_CHECK_COLUMNS = (
+    CHECK_COLUMNS,
+    ("Configuration", "Metric", "Paper", "Measured", "Interval", "Difference", "Status"),
+    ("Configuration", "Metric", "Paper", "Measured", "Status"),
+)
+
+
+def reference_check_table(board: Leaderboard, columns: tuple[str, ...] = CHECK_COLUMNS) -> TextTable:
+    """One line per (row, reported quality metric): reported, measured, interval, difference, tolerance, status;
+    the reasons of statuses that have one underneath, once per configuration."""
+    checks = [(row, check) for row in board.rows for check in row.reference_checks]
+    if len({row.dataset for row, _ in checks}) > 1 and not _labels_name(board, "dataset"):
+        columns = columns[:1] + ("Dataset",) + columns[1:]
+    if len({row.method for row, _ in checks}) > 1 and not _labels_name(board, "method"):
+        columns = columns[:1] + ("Method",) + columns[1:]
+    rows = [[_check_cell(column, row, check) for column in columns] for row, check in checks]
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for row, check in checks:
+        if check.reason:
+            reasons.setdefault((row.label, check.reason), []).append(metric_title(check.metric))
+    footnotes = [reference_check_summary(board)] if rows else []
+    footnotes += [f"{label}, {', '.join(metrics)}: {reason}" for (label, reason), metrics in reasons.items()]
+    statuses = [_CHECK_ROW_STATUS.get(check.status, "missing") for _, check in checks]
+    return TextTable(list(columns), rows, statuses, footnotes, [REFERENCE_CHECK_NOTE] if rows else [])
+
+
+def _check_cell(column: str, row: LeaderboardRow, check: ReferenceCheck) -> str:
+    cells = {
+        "Configuration": lambda: row.label,
+        "Method": lambda: row.method,
+        "Dataset": lambda: row.dataset,
+        "Metric": lambda: metric_title(check.metric),
+        "Paper": lambda: _points(check.reported.value),
+        "Source": lambda: _source_text(check.reported),
+        "Measured": lambda: _points(check.measured),
+        "Interval": lambda: DASH if check.interval is None else _interval_text(check.interval),
+        "Difference": lambda: _points(check.difference, signed=True),
+        "Tolerance": lambda: f"±{_points(check.reported.tolerance)}",
+        "Status": lambda: check.status_text,
+    }
+    return cells[column]()
+
+
+def reference_check_summary(board: Leaderboard) -> str:
+    """'4 reference checks, tolerance ±1.00 points: 1 within, 2 below, 1 not comparable'."""
+    checks = [check for row in board.rows for check in row.reference_checks]
+    statuses = [check.status for check in checks]
+    counts = [f"{statuses.count(status)} {status}" for status in CHECK_STATUSES if status in statuses]
+    tolerances = sorted({_points(check.reported.tolerance) for check in checks if check.measured is not None})
+    stated = f", tolerance {' or '.join(f'±{t}' for t in tolerances)} points" if tolerances else ""
+    return f"{len(statuses)} reference check{'s' if len(statuses) != 1 else ''}{stated}: " + ", ".join(counts)
+
+
+def _points(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return DASH
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
 
 
 def format_reported(row: LeaderboardRow, metric: str) -> str:

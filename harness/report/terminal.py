@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from harness.report.leaderboard import Leaderboard
 from harness.report.table import (
+    TERMINAL_CHECK_COLUMNS,
     TextTable,
     interval_table,
     leaderboard_table,
     metric_title,
     per_class_table,
+    reference_check_table,
     reported_elsewhere_table,
 )
 
@@ -53,6 +56,21 @@ def render_terminal(board: Leaderboard, console: Console | None = None, per_clas
     if elsewhere.rows:
         console.print(_rich_table(elsewhere, "Reported by the papers on other datasets"))
         console.print(f"  {elsewhere.footnotes[0]}", style="dim", markup=False, highlight=False)
+    _print_reference_checks(board, console)
     if per_class:
         for metric in [m for m in TERMINAL_METRICS if m in board.metrics]:
             console.print(_rich_table(per_class_table(board, metric), f"Per class: {metric_title(metric)}"))
+
+
+def _print_reference_checks(board: Leaderboard, console: Console) -> None:
+    """The widest layout of the checks that fits the console without wrapping a cell."""
+    for columns in TERMINAL_CHECK_COLUMNS:
+        checks = reference_check_table(board, columns)
+        view = _rich_table(checks, "Reference check")
+        if Measurement.get(console, console.options.update(max_width=10_000), view).maximum <= console.width:
+            break
+    if not checks.rows:
+        return
+    console.print(view)
+    for note in checks.footnotes + checks.legend:
+        console.print(f"  {note}", style="dim", markup=False, highlight=False)
