@@ -149,8 +149,8 @@ def test_terminal_markdown_and_csv(populated):
 
     rows = list(csv.DictReader(io.StringIO(render_csv(board))))
     mean = next(r for r in rows if r["configuration"] == "routing=softmax" and r["class_name"] == "mean")
-    assert float(mean["i_auroc_mean"]) == pytest.approx(0.92) and mean["i_auroc_n"] == "2"
-    assert float(mean["i_auroc_reported"]) == pytest.approx(0.978)
+    assert float(mean["i_auroc_mean"]) == pytest.approx(92.0) and mean["i_auroc_n"] == "2"  # percent, as displayed
+    assert float(mean["i_auroc_reported"]) == pytest.approx(97.8)
     assert {r["class_name"] for r in rows if r["configuration"] == "routing=softmax"} == {"mean", "bottle", "grid"}
     missing = next(r for r in rows if r["configuration"] == "routing=first")
     assert missing["status"] == "missing" and missing["i_auroc_mean"] == ""
@@ -160,10 +160,11 @@ def test_html_is_self_contained_with_plots_and_gallery(populated):
     board = build_leaderboard(populated, sweep="routing")
     page = render_html(board, populated)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    # metric plots (I- and P-AUROC), parameters vs AUROC, expert usage heatmap, gallery
-    assert page.count("src='data:image/png;base64,") == 5
+    # metric plots (I- and P-AUROC), GFLOPs vs AUROC, four routing heatmaps (usage per class, selection and
+    # gate weight per layer, router entropy), one gallery image per class
+    assert page.count("src='data:image/png;base64,") == 2 + 1 + 4 + len(CLASSES)
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    assert "Anomaly maps: routing=softmax" in page and "could not be read" not in page
+    assert "Samples chosen from routing=softmax" in page and "could not be read" not in page
     assert "<tr class='missing'>" in page and "<tr class='partial'>" in page
 
 
@@ -186,7 +187,7 @@ def test_leaderboard_command(populated, tmp_path, capsys):
     assert main(["leaderboard", str(populated.root), "--sweep", "routing", "--format", "html",
                  "--output", str(tmp_path / "report.html")]) == 0
     assert f"HTML report: {tmp_path / 'report.html'}" in capsys.readouterr().out.replace("\n", "")
-    assert (tmp_path / "report.html").read_text().count("<img") == 5
+    assert (tmp_path / "report.html").read_text().count("<img") == 2 + 1 + 4 + len(CLASSES)
     assert main(["leaderboard", str(populated.root), "--format", "csv"]) == 0
     assert capsys.readouterr().out.startswith("rank,configuration,")
     assert main(["leaderboard", str(populated.root), "--sweep", "nope"]) == 1
@@ -227,7 +228,7 @@ def test_damaged_and_foreign_files_are_named_and_left_out(populated, tmp_path, c
         assert f"warning: left out {name}" in captured.err
     rows = list(csv.DictReader(io.StringIO(captured.out)))
     top1 = next(r for r in rows if r["configuration"] == "routing=top1" and r["class_name"] == "mean")
-    assert top1["seeds_complete"] == "1" and float(top1["i_auroc_mean"]) == pytest.approx(0.70)
+    assert top1["seeds_complete"] == "1" and float(top1["i_auroc_mean"]) == pytest.approx(70.0)
     assert "None" not in {r["run_ids"] for r in rows}
     problems = build_leaderboard(store, sweep="routing").row("routing=top1").problems
     assert problems == [f"seed 0 damaged, runs again in the next sweep: {metrics_file} (damaged): "

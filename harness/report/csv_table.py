@@ -1,6 +1,8 @@
 """The leaderboard as CSV: per configuration a "mean" row, a "pooled" row when stored, and one row per class.
 
-Bootstrap intervals sit beside each metric (``<metric>_ci_low``/``_ci_high``, empty where none);
+Metrics (means, stds, intervals, reported values) are in percent, as in every other view, at full
+precision; p-values and efficiency columns keep their own units. Bootstrap intervals sit beside
+each metric (``<metric>_ci_low``/``_ci_high``, empty where none);
 ``tied_with_best`` and ``p_vs_best`` carry the row's paired test on the sort metric;
 ``<metric>_reference_check`` the mean row's reference check against the reported value (reference_check.py).
 """
@@ -18,6 +20,10 @@ def _number(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(float(value))
 
 
+def _percent(value: float | None) -> str:
+    return _number(None if value is None else 100 * value)
+
+
 def _tie_cells(row: LeaderboardRow) -> list[str]:
     """tied_with_best (true/false; empty for the best row and untested rows) and the test's p-value."""
     if row.tie is None or row.tie.tied is None:
@@ -26,7 +32,7 @@ def _tie_cells(row: LeaderboardRow) -> list[str]:
 
 
 def render_csv(board: Leaderboard) -> str:
-    """Values as fractions (not percent), full precision; reported numbers in their own columns."""
+    """Metric values in percent, full precision; reported numbers in their own columns."""
     header = ["rank", "configuration", "configuration_key", "method", "preset", "dataset", "class_name",
               "seeds_complete", "seeds_total", "status", "run_ids", "tied_with_best", "p_vs_best"]
     for metric in board.metrics:
@@ -50,9 +56,9 @@ def render_csv(board: Leaderboard) -> str:
                 s, ci = summaries.get(metric), intervals.get(metric)
                 reported = row.reported.get(metric) if class_name == "mean" else None
                 check = checks.get(metric) if class_name == "mean" else None
-                cells += [_number(s.mean if s else None), _number(s.std if s else None), s.n if s else 0,
-                          _number(ci.low if ci else None), _number(ci.high if ci else None),
-                          _number(reported.value if reported else None), reported.source if reported else "",
+                cells += [_percent(s.mean if s else None), _percent(s.std if s else None), s.n if s else 0,
+                          _percent(ci.low if ci else None), _percent(ci.high if ci else None),
+                          _percent(reported.value if reported else None), reported.source if reported else "",
                           check.explained if check else ""]
             cells += [_number(row.efficiency.get(c)) for c in EFFICIENCY_COLUMNS]
             writer.writerow(cells)
