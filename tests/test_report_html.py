@@ -159,12 +159,15 @@ def test_the_best_value_of_each_metric_column_is_marked(page, board):
 
 
 def test_per_class_results_are_one_table_shaded_per_metric_column(board, page):
-    table, shades = per_class_heatmap(board)
+    table, shades, intervals = per_class_heatmap(board)
     assert table.headers[:2] == ["Class", "Configuration"] and table.headers[2:] == [
         "I-AUROC", "P-AUROC", "AUPRO", "I-AP", "P-AP", "I-F1max", "P-F1max", "AUPRO@5%", "AUPRO@1%"]
     assert [row[0] for row in table.rows] == [c for c in [*CLASSES, "mean", "pooled"] for _ in MODES]
     softmax_mean = next(row for row in table.rows if row[:2] == ["mean", "routing=softmax"])
     assert softmax_mean[2] == format_summary(board.row("routing=softmax").metrics["i_auroc"])
+    softmax_ci = board.row("routing=softmax").intervals["bottle"]["i_auroc"]
+    assert intervals[0][0] == f"[{100 * softmax_ci.low:.2f}, {100 * softmax_ci.high:.2f}]"
+    assert f"title='95% bootstrap interval {intervals[0][0]}'" in page
     column = [line[0] for line in shades]
     values = [float(row[2].split()[0]) for row in table.rows]
     assert column[values.index(min(values))] == 0.0 and column[values.index(max(values))] == 1.0

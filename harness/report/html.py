@@ -238,30 +238,39 @@ def routing_groups(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def _per_class_section(board: Leaderboard) -> list[str]:
-    table, shades = per_class_heatmap(board)
+    table, shades, intervals = per_class_heatmap(board)
     if not table.rows:
         return []
     return ["<h2>Per class</h2>",
             "<p class='note'>Mean ± std over seeds, in percent; hover a cell for its bootstrap interval. Shading per "
             "metric column over the class rows, from its lowest value (white) to its highest (blue); the best value "
             "of each class is bold.</p>",
-            _heatmap_table_html(table, shades)]
+            _heatmap_table_html(table, shades, intervals)]
 
 
-def per_class_heatmap(board: Leaderboard) -> tuple[TextTable, list[list[float | None]]]:
-    """Class and configuration down, every metric across; per cell its shade in [0, 1] within its column."""
+def per_class_heatmap(board: Leaderboard) -> tuple[TextTable, list[list[float | None]], list[list[str]]]:
+    """Class and configuration down, every metric across; per cell its shade in [0, 1] within its column and
+    its bootstrap interval ("" where none)."""
     headers = ["Class", "Configuration"] + [metric_title(m) for m in board.metrics]
     measured = [row for row in board.rows if row.complete_run_ids]
     groups = [(c, lambda row, c=c: row.per_class.get(c, {})) for c in board.classes]
     groups += [("mean", lambda row: row.metrics)]
     groups += [("pooled", lambda row: row.pooled)] if any(row.pooled for row in measured) else []
-    rows, values = [], []
+    rows, values, intervals = [], [], []
     for group, summaries_of in groups:
         for row in measured:
             found = [summaries_of(row).get(m) for m in board.metrics]
             rows.append([group, row.label] + [format_summary(s) for s in found])
             values.append([s.mean if s is not None and s.n else None for s in found])
-    return TextTable(headers, rows, ["complete"] * len(rows), []), _column_shades(values)
+            shown = row.intervals.get(group, {})
+            intervals.append([_interval_of(format_summary(s, shown.get(m))) for s, m in zip(found, board.metrics)])
+    return TextTable(headers, rows, ["complete"] * len(rows), []), _column_shades(values), intervals
+
+
+def _interval_of(cell: str) -> str:
+    """The "[low, high]" part of a formatted metric cell ("" where it has none)."""
+    found = _WITH_INTERVAL.fullmatch(cell)
+    return found.group(2) if found else ""
 
 
 def _column_shades(values: list[list[float | None]]) -> list[list[float | None]]:
@@ -277,7 +286,7 @@ def _column_shades(values: list[list[float | None]]) -> list[list[float | None]]
     return shades
 
 
-def _heatmap_table_html(table: TextTable, shades: list[list[float | None]]) -> str:
+def _heatmap_table_html(table: TextTable, shades: list[list[float | None]], intervals: list[list[str]]) -> str:
     best = _best_within_class(table)
     head = "".join(f"<th{_class(h in TEXT_COLUMNS and 'text')}>{html.escape(h)}</th>" for h in table.headers)
     body = []
@@ -286,9 +295,10 @@ def _heatmap_table_html(table: TextTable, shades: list[list[float | None]]) -> s
         span = sum(1 for line in table.rows if line[0] == cells[0])
         line = f"<td class='text' rowspan='{span}'><b>{html.escape(cells[0])}</b></td>" if first_of_class else ""
         line += f"<td class='text'>{html.escape(cells[1])}</td>"
-        for j, (cell, shade) in enumerate(zip(cells[2:], shades[i]), start=2):
+        for j, (cell, shade, interval) in enumerate(zip(cells[2:], shades[i], intervals[i]), start=2):
             style = f" style='background:{_shade_colour(shade)}'" if shade is not None else ""
-            line += f"<td{_class((i, j) in best and 'best')}{style}>{html.escape(cell)}</td>"
+            tip = f" title='95% bootstrap interval {html.escape(interval)}'" if interval else ""
+            line += f"<td{_class((i, j) in best and 'best')}{style}{tip}>{html.escape(cell)}</td>"
         body.append(f"<tr>{line}</tr>")
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
