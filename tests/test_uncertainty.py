@@ -173,7 +173,7 @@ def test_views_show_intervals_ties_and_the_test(store):
 
     rows = list(csv.DictReader(io.StringIO(render_csv(board))))
     by_label = {r["configuration"]: r for r in rows if r["class_name"] == "mean"}
-    assert float(by_label["routing=softmax"]["i_auroc_ci_low"]) == ci.low
+    assert float(by_label["routing=softmax"]["i_auroc_ci_low"]) == pytest.approx(100 * ci.low)  # CSV in percent, as every view
     assert by_label["routing=softmax"]["tied_with_best"] == ""
     assert by_label["routing=top1"]["tied_with_best"] == "true" and by_label["routing=first"]["tied_with_best"] == "false"
     assert float(by_label["routing=first"]["p_vs_best"]) < 0.05 and by_label["routing=first"]["p_auroc_ci_low"] == ""
