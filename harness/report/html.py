@@ -42,8 +42,8 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1.5em;max-width:1360px;color:#222}
 .scroll{overflow-x:auto;max-width:100%;margin:0.8em 0}
 table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;vertical-align:top}
-th{background:#f2f2f2} th.text,td.text{text-align:left}
+th,td{border:1px solid #ccc;padding:3px 5px;text-align:right;vertical-align:top}
+th{background:#f2f2f2} th.text,td.text{text-align:left} td:not(.text){white-space:nowrap}
 td.best{font-weight:700;box-shadow:inset 3px 0 #2e7d32}
 tr.failed td{color:#b00} tr.missing td{color:#999} tr.partial td{color:#a60}
 .note{color:#666;font-size:12px;overflow-wrap:anywhere} img{max-width:100%;margin:0.5em 0}
@@ -132,7 +132,7 @@ def _top_cells(rows: list[list[str]], row_indexes, columns) -> set[tuple[int, in
     for j in columns:
         values = {i: _leading_number(rows[i][j]) for i in row_indexes}
         values = {i: v for i, v in values.items() if v is not None}
-        if values:
+        if len(values) > 1:  # a lone value is not "the best"
             top = max(values.values())
             best |= {(i, j) for i, v in values.items() if v == top}
     return best
@@ -304,12 +304,11 @@ def _heatmap_table_html(table: TextTable, shades: list[list[float | None]], inte
 
 
 def _best_within_class(table: TextTable) -> set[tuple[int, int]]:
-    """Per class, the highest value of each metric among the configurations (only where there are several)."""
+    """Per class, the highest value of each metric among the configurations."""
     best = set()
     for group in dict.fromkeys(line[0] for line in table.rows):
         indexes = [i for i, line in enumerate(table.rows) if line[0] == group]
-        if len(indexes) > 1:
-            best |= _top_cells(table.rows, indexes, range(2, len(table.headers)))
+        best |= _top_cells(table.rows, indexes, range(2, len(table.headers)))
     return best
 
 
