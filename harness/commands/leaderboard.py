@@ -3,7 +3,7 @@ metrics (mean ± std over seeds), efficiency columns, the paper's reported numbe
 the paper reports that cell, and failed or missing cells marked as such.
 
 Formats: terminal (default, a table), md (Markdown), html (one self-contained file with plots and
-an anomaly-map gallery), csv (per configuration and per class, values as fractions).
+an anomaly-map gallery), csv (per configuration and per class, values in percent, like every view).
 
 Examples:
   harness leaderboard                      # ./results, all sweeps, in the terminal
