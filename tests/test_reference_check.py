@@ -19,7 +19,6 @@ import pytest
 from rich.console import Console
 
 from harness.config import ConfigError
-from harness.metrics import MetricAccumulator
 from harness.report.csv_table import render_csv
 from harness.report.html import render_html
 from harness.report.leaderboard import build_leaderboard
@@ -29,7 +28,8 @@ from harness.report.table import CHECK_COLUMNS, TERMINAL_CHECK_COLUMNS, referenc
 from harness.report.terminal import render_terminal
 from harness.report.uncertainty import BootstrapSettings
 from harness.reported import load_reported
-from harness.results import ResultStore, TrialResult
+from harness.results import ResultStore
+from scored_runs import write_scored_run
 
 CLASSES = ("bottle", "grid")
 PER_LABEL = 30  # normal and anomalous test images per class
@@ -62,20 +62,8 @@ def _noisy_scores(separation: float, images) -> np.ndarray:
 
 def _write_run(store: ResultStore, run_id: str, method: str, preset: str, method_config: dict, scores, images,
                dataset: str = "mvtec_ad") -> None:
-    labels = np.array([label for _, _, label in images])
-    masks = np.zeros((len(images), 4, 4), dtype=bool)
-    masks[labels == 1, 1:3, 1:3] = True
-    maps = (masks * 0.5 + scores[:, None, None] * 0.001).astype(np.float16)
-    accumulator = MetricAccumulator()
-    accumulator.update(scores, labels, maps, masks, [c for _, c, _ in images], sample_ids=[s for s, _, _ in images])
-    metrics = [{"class_name": r.class_name, "metric": r.metric, "value": r.value} for r in accumulator.compute().rows]
-    config = {"method": method, "preset": preset, "dataset": dataset, "data_root": None, "seed": 0,
-              "method_config": method_config}
-    run = {"run_id": run_id, "sweep": "checks", "method": method, "preset": preset, "dataset": dataset, "seed": 0,
-           "config_json": config, "method_config_json": method_config}
-    rows = [{"sample_id": s, "class_name": c, "defect_type": "good" if label == 0 else "crack", "label": label,
-             "score": float(score)} for (s, c, label), score in zip(images, scores)]
-    store.write_run(TrialResult(run, metrics, rows, []), provenance=False)
+    write_scored_run(store, run_id, images, scores, method=method, preset=preset, dataset=dataset,
+                     method_config=method_config, sweep="checks", map_scale=0.001)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from harness.report.uncertainty import (
     stratified_multiplicities,
 )
 from harness.results import ResultStore, TrialResult
+from scored_runs import write_scored_run
 
 CLASSES = ("bottle", "grid")
 NORMAL, ANOMALOUS = 12, 8  # per class
@@ -44,20 +45,9 @@ def _scores(separation: float, seed: int, images) -> np.ndarray:
 
 
 def _write_run(store: ResultStore, routing: str, seed: int, scores: np.ndarray, images) -> None:
-    accumulator = MetricAccumulator()
-    labels = np.array([label for _, _, label in images])
-    masks = np.zeros((len(images), 4, 4), dtype=bool)
-    masks[labels == 1, 1:3, 1:3] = True
-    maps = (masks * 0.5 + scores[:, None, None] * 0.1).astype(np.float16)
-    accumulator.update(scores, labels, maps, masks, [c for _, c, _ in images], sample_ids=[s for s, _, _ in images])
-    metrics = [{"class_name": r.class_name, "metric": r.metric, "value": r.value} for r in accumulator.compute().rows]
-    config = {"method": "unilead", "preset": "cpu", "dataset": "embedded", "data_root": None, "seed": seed,
-              "method_config": {"routing": routing}}
-    run = {"run_id": f"{routing}-{seed}", "sweep": "routing", "method": "unilead", "preset": "cpu",
-           "dataset": "embedded", "seed": seed, "config_json": config}
-    sample_rows = [{"sample_id": s, "class_name": c, "defect_type": "good" if label == 0 else "crack", "label": label,
-                    "score": float(score)} for (s, c, label), score in zip(images, scores)]
-    store.write_run(TrialResult(run, metrics, sample_rows, []), provenance=False)
+    write_scored_run(store, f"{routing}-{seed}", images, scores, method="unilead", preset="cpu", dataset="embedded",
+                     seed=seed, method_config={"routing": routing}, sweep="routing", map_scale=0.1,
+                     record_method_config=False)
 
 
 @pytest.fixture(scope="module")
