@@ -94,7 +94,7 @@ def test_cli_errors_and_list(capsys):
     assert "not_a_key" in capsys.readouterr().err
     assert main(["profile", "--list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert {"uniad", "moead", "unilead"} <= {row["method"] for row in listing["available"]}
+    assert {"uniad", "moead", "unilead", "unimmad", "anomalymoe"} <= {row["method"] for row in listing["methods"]}
 
 
 def test_dinomaly_paper_profile_counts_61_4m_trainable(capsys):

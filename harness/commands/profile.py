@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--table4", action="store_true", help="UniLEAD's Table 4: all ten bottleneck sets, ours beside the paper's")
     parser.add_argument("--no-backbone", action="store_true", help="skip building and counting the backbone (faster)")
     parser.add_argument("--no-macs", action="store_true", help="count parameters only (a paper-size forward on a CPU can take a minute)")
-    parser.add_argument("--list", action="store_true", help="list the methods, their presets, and any that cannot be imported")
+    parser.add_argument("--list", action="store_true", help="list the methods, their presets, and any that cannot be imported (as `harness methods`)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
@@ -92,25 +92,12 @@ def run(args) -> int:
 
 
 def _list(console, as_json: bool) -> int:
-    import methods
-    from rich.table import Table
+    """The same listing as ``harness methods`` (one place knows what a method declares)."""
+    from types import SimpleNamespace
 
-    rows = [{"method": n, "presets": sorted(methods.get(n).presets), "version": methods.get(n).version} for n in methods.available()]
-    broken = methods.unavailable()
-    if as_json:
-        print(json.dumps({"available": rows, "unavailable": broken}, indent=2))
-        return 0
-    view = Table(title="methods")
-    view.add_column("method")
-    view.add_column("presets")
-    view.add_column("version", justify="right")
-    view.add_column("status")
-    for row in rows:
-        view.add_row(row["method"], ", ".join(row["presets"]), str(row["version"]), "[green]available[/green]")
-    for name, reason in sorted(broken.items()):
-        view.add_row(name, "-", "-", f"[red]unavailable[/red]: {reason}")
-    console.print(view)
-    return 0
+    from harness.commands import methods as methods_command
+
+    return methods_command.run(SimpleNamespace(json=as_json))
 
 
 def _m(n) -> str:
