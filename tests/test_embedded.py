@@ -1,4 +1,5 @@
-"""The embedded default dataset: deterministic, MVTec AD layout, counts as on its card, exact masks."""
+"""The embedded datasets (generator v2 as embedded, v3 as embedded_v3): deterministic, MVTec AD layout,
+counts as on their cards, exact masks; v2's bytes pinned."""
 
 from __future__ import annotations
 
@@ -11,17 +12,28 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from scipy import ndimage
 
 from harness.data.embedded import (
     CLASSES,
+    CLASSES_V3,
     COMPLETE_MARKER,
     GENERATOR_VERSION,
+    IMAGE_SIZE,
+    OBJECT_DEFECTS,
+    OBJECT_DEFECTS_V3,
+    TEXTURE_DEFECTS,
+    TEXTURE_DEFECTS_V3,
+    _image_rng,
     anomalous_image,
     class_counts,
+    is_complete,
     load_source,
     manifest,
     manifest_digest,
+    normal_image,
     prepare_embedded,
+    version_classes,
     write_class,
 )
 
@@ -143,3 +155,90 @@ def test_loads_through_the_mvtec_ad_loader(generated):
     assert len(anomalous) == sum(r.per_defect * len(r.defects) for r in CLASSES)
     assert all(len(s.masks) == 1 and s.masks[0].name == f"{Path(s.sample_id).name}_mask.png" for s in anomalous)
     assert all(not s.masks for s in index.samples if not s.is_anomalous)
+
+
+# --- generator v3 (dataset embedded_v3) and the pinned v2 bytes ------------------------------------
+
+V2_SEED0_MANIFEST_SHA256 = "bea6d32e982dfce44b06d6b8e0a2859d7953cf3e38dd32e3c746dcc60db2b8ff"  # computed before v3 landed
+V3_SEED0_MANIFEST_SHA256 = "d00f85003a656286c047d5df6e4b9e34014e51a72564b092e2f4987a9d8753f9"  # the split the card measures
+CARD_V3 = CARD.with_name("embedded_v3.yaml")
+
+
+def test_v2_seed0_bytes_are_pinned(generated):
+    entries = manifest(generated)
+    assert len(entries) == 772 and manifest_digest(entries) == V2_SEED0_MANIFEST_SHA256
+
+
+@pytest.fixture(scope="module")
+def generated_v3(tmp_path_factory) -> Path:
+    return prepare_embedded(seed=0, root=tmp_path_factory.mktemp("cache_v3") / "v3seed0", version=3)
+
+
+def test_v3_regenerates_byte_identical_and_differs_from_v2(generated_v3, generated, tmp_path):
+    assert manifest(prepare_embedded(seed=0, root=tmp_path / "again", version=3)) == manifest(generated_v3)
+    assert manifest_digest(manifest(generated_v3)) == V3_SEED0_MANIFEST_SHA256
+    marker = json.loads((generated_v3 / COMPLETE_MARKER).read_text())
+    assert marker["generator_version"] == 3 and not is_complete(generated_v3, GENERATOR_VERSION)
+    v2_train = _png(generated / "brick" / "train" / "good" / "000.png")
+    assert not np.array_equal(_png(generated_v3 / "brick" / "train" / "good" / "000.png"), v2_train)
+
+
+def test_v3_counts_match_its_card_and_the_tree(generated_v3):
+    card = yaml.safe_load(CARD_V3.read_text())
+    assert card["name"] == "embedded_v3" and card["generator"]["version"] == 3
+    assert sorted(card["classes"]) == sorted(r.name for r in CLASSES_V3) == sorted(r.name for r in CLASSES)
+    for recipe in CLASSES_V3:
+        entry = card["classes"][recipe.name]
+        assert entry["counts"] == class_counts(recipe) and entry["source"] == recipe.source, recipe.name
+        for split, per_type in entry["counts"].items():
+            for defect, count in per_type.items():
+                assert len(list((generated_v3 / recipe.name / split / defect).glob("*.png"))) == count
+    assert not set(TEXTURE_DEFECTS_V3 + OBJECT_DEFECTS_V3) & set(TEXTURE_DEFECTS + OBJECT_DEFECTS)
+
+
+def test_v3_loads_by_name_through_the_registry(generated_v3, monkeypatch, tmp_path):
+    from harness.data import load_dataset
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    shutil.copytree(generated_v3, tmp_path / "embedded" / "v3-seed0")
+    index = load_dataset("embedded_v3")
+    assert index.root == (tmp_path / "embedded" / "v3-seed0").resolve()
+    assert index.counts() == {r.name: class_counts(r) for r in CLASSES_V3}
+
+
+@pytest.mark.parametrize("class_index", range(len(CLASSES_V3)), ids=[r.name for r in CLASSES_V3])
+def test_v3_masks_mark_exactly_the_changed_pixels_and_defects_are_subtler(class_index):
+    recipe = CLASSES_V3[class_index]
+    for defect in recipe.defects:
+        areas = []
+        for index in range(2):
+            example = anomalous_image(5, class_index, defect, index, version=3)
+            change = np.abs(example.defective - example.clean).max(axis=2)
+            assert not change[~example.mask].any(), (recipe.name, defect, "changed pixels outside the mask")
+            assert (change[example.mask] > 0).mean() > 0.97, (recipe.name, defect)
+            assert change[example.mask].mean() > 5, (recipe.name, defect, change[example.mask].mean())
+            areas.append(example.mask.sum())
+        assert 20 < min(areas) and max(areas) < 0.1 * IMAGE_SIZE**2, (recipe.name, defect, areas)
+
+
+def test_duplicated_part_keeps_the_original_and_misplaced_part_empties_it():
+    coins = [r.name for r in CLASSES_V3].index("coins")
+    duplicated = anomalous_image(3, coins, "duplicated_part", 0, version=3)
+    misplaced = anomalous_image(3, coins, "misplaced_part", 0, version=3)
+    # one pasted blob only (the source stays as it was) against a pasted blob plus a filled hole
+    assert ndimage.label(duplicated.mask)[1] == 1
+    assert ndimage.label(misplaced.mask)[1] == 2
+
+
+def test_v3_normal_views_vary_more_than_v2():
+    spread = {}
+    for version in (2, 3):
+        recipe = version_classes(version)[4]  # coins: an object, where pose shows most
+        views = [normal_image(recipe, _image_rng(1, 4, "train", 0, i, version)) for i in range(12)]
+        spread[version] = np.mean([np.abs(a - b).mean() for a, b in zip(views, views[1:])])
+    assert spread[3] > 1.2 * spread[2], spread
+
+
+def test_unknown_version_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown embedded generator version 7: expected one of 2, 3"):
+        prepare_embedded(seed=0, root=Path("/nonexistent"), version=7)

@@ -13,6 +13,12 @@ images (anomalous images, with exact masks). The tree is written in the MVTec AD
 Every image draws its randomness from SeedSequence([seed, class index, split, defect, image]),
 so the output does not depend on generation order, and PNGs are written without metadata: the
 same seed gives byte-identical files. The card is datasets/embedded.yaml.
+
+Generator versions live side by side, each under its own dataset name and cache folder, so every
+earlier result stays reproducible: v2 is ``embedded`` (card datasets/embedded.yaml), v3 is
+``embedded_v3`` (datasets/embedded_v3.yaml: more pose and lighting variation in the normal views,
+and subtler defects: thin scratches, faint stains, pits, blended patches, small missing parts,
+misplaced and duplicated parts). ``prepare_embedded(seed, version=N)`` builds either.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from harness.data.defects import DEFECT_DRAWERS
 from harness.paths import cache_root
 
-GENERATOR_VERSION = 2  # 1 was an unreleased draft: caches made from it must not be reused
+GENERATOR_VERSION = 2  # of the dataset named "embedded"; 1 was an unreleased draft: never reuse its caches
 IMAGE_SIZE = 256
 TRAIN_GOOD = 60
 TEST_GOOD = 20
@@ -41,6 +48,24 @@ COMPLETE_MARKER = ".complete"
 OBJECT_PAD = 48  # reflect padding so small rotations of object crops never show an empty corner
 TEXTURE_DEFECTS = ("scratch", "hole", "stain", "foreign_patch")
 OBJECT_DEFECTS = ("scratch", "stain", "foreign_patch", "missing_part", "displaced_part")
+TEXTURE_DEFECTS_V3 = ("thin_scratch", "faint_stain", "pit", "blended_patch")
+OBJECT_DEFECTS_V3 = ("thin_scratch", "faint_stain", "small_missing_part", "misplaced_part", "duplicated_part")
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """Ranges of the illumination drawn for each normal view (spot and blur are v3 only: 0 draws nothing)."""
+
+    gamma: tuple[float, float] = (0.88, 1.12)
+    gain: tuple[float, float] = (0.9, 1.1)
+    gradient: float = 0.12  # largest relative brightness change across the image
+    cast: tuple[float, float] = (0.96, 1.04)  # per-channel factor on colour images
+    spot: float = 0.0  # largest relative brightening at the centre of a broad light spot
+    blur: float = 0.0  # largest Gaussian sigma in pixels (focus)
+
+
+LIGHTING_V2 = Lighting()
+LIGHTING_V3 = Lighting(gamma=(0.85, 1.18), gain=(0.88, 1.12), gradient=0.2, cast=(0.95, 1.05), spot=0.12, blur=0.5)
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,7 @@ class ClassRecipe:
     rotation: float
     defects: tuple[str, ...]
     per_defect: int
+    lighting: Lighting = LIGHTING_V2
 
 
 CLASSES: tuple[ClassRecipe, ...] = (
@@ -71,6 +97,21 @@ CLASSES: tuple[ClassRecipe, ...] = (
     ClassRecipe("coins", "object", "skimage.data.coins", (192, 151), (248, 264), 5, 2, OBJECT_DEFECTS, 5),
     ClassRecipe("coffee", "object", "skimage.data.coffee", (285, 195), (340, 360), 6, 3, OBJECT_DEFECTS, 5),
 )
+# v3: wider scale range, more rotation and shift for the objects, stronger and more varied light.
+CLASSES_V3: tuple[ClassRecipe, ...] = (
+    ClassRecipe("brick", "texture", "skimage.data.brick", None, (232, 320), 0, 12, TEXTURE_DEFECTS_V3, 6, LIGHTING_V3),
+    ClassRecipe("grass", "texture", "skimage.data.grass", None, (232, 320), 0, 180, TEXTURE_DEFECTS_V3, 6, LIGHTING_V3),
+    ClassRecipe("gravel", "texture", "skimage.data.gravel", None, (232, 320), 0, 180, TEXTURE_DEFECTS_V3, 6,
+                LIGHTING_V3),
+    ClassRecipe("tissue", "texture", "skimage.data.immunohistochemistry", None, (232, 320), 0, 180,
+                TEXTURE_DEFECTS_V3, 6, LIGHTING_V3),
+    ClassRecipe("coins", "object", "skimage.data.coins", (192, 151), (240, 276), 14, 6, OBJECT_DEFECTS_V3, 5,
+                LIGHTING_V3),
+    ClassRecipe("coffee", "object", "skimage.data.coffee", (285, 195), (330, 372), 16, 12, OBJECT_DEFECTS_V3, 5,
+                LIGHTING_V3),
+)
+VERSION_CLASSES = {2: CLASSES, 3: CLASSES_V3}
+DATASET_VERSIONS = {"embedded": 2, "embedded_v3": 3}  # dataset name -> generator version (one card each)
 DONOR_SOURCES = ("sklearn:china.jpg", "sklearn:flower.jpg", "skimage.data.astronaut", "skimage.data.rocket",
                  "skimage.data.chelsea", "skimage.data.hubble_deep_field")
 SPLIT_CODES = {"train": 0, "test": 1}
@@ -82,8 +123,16 @@ def class_counts(recipe: ClassRecipe) -> dict[str, dict[str, int]]:
     return {"train": {"good": TRAIN_GOOD}, "test": test}
 
 
-def default_root(seed: int = 0) -> Path:
-    return cache_root() / "embedded" / f"v{GENERATOR_VERSION}-seed{seed}"
+def version_classes(version: int) -> tuple[ClassRecipe, ...]:
+    """The class recipes of a generator version; the error names the versions there are."""
+    if version not in VERSION_CLASSES:
+        raise ValueError(f"unknown embedded generator version {version!r}: expected one of "
+                         f"{', '.join(map(str, VERSION_CLASSES))}")
+    return VERSION_CLASSES[version]
+
+
+def default_root(seed: int = 0, version: int = GENERATOR_VERSION) -> Path:
+    return cache_root() / "embedded" / f"v{version}-seed{seed}"
 
 
 @cache
@@ -138,21 +187,34 @@ def normal_image(recipe: ClassRecipe, rng: np.random.Generator) -> np.ndarray:
         for band in _padded_source(recipe.source, pad)
     ]
     image = np.stack(channels, axis=2)
-    return _illuminated(image, rng)
+    return _illuminated(image, rng, recipe.lighting)
 
 
 _CENTRED_Y, _CENTRED_X = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / IMAGE_SIZE - 0.5
 
 
-def _illuminated(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gain, gamma, a gentle linear light gradient and, on colour images, a slight colour cast."""
-    gamma = rng.uniform(0.88, 1.12)
-    gain = rng.uniform(0.9, 1.1)
+def _illuminated(image: np.ndarray, rng: np.random.Generator, lighting: Lighting) -> np.ndarray:
+    """Gain, gamma, a linear light gradient, on colour images a colour cast; then spot and focus (v3)."""
+    gamma = rng.uniform(*lighting.gamma)
+    gain = rng.uniform(*lighting.gain)
     direction = rng.uniform(0, 2 * np.pi)
-    ramp = 1.0 + rng.uniform(0, 0.12) * (_CENTRED_X * np.cos(direction) + _CENTRED_Y * np.sin(direction))
-    cast = rng.uniform(0.96, 1.04, image.shape[2]).astype(np.float32)
+    ramp = 1.0 + rng.uniform(0, lighting.gradient) * (_CENTRED_X * np.cos(direction) + _CENTRED_Y * np.sin(direction))
+    cast = rng.uniform(*lighting.cast, image.shape[2]).astype(np.float32)
+    if lighting.spot:
+        ramp = ramp * _light_spot(rng, lighting.spot)
     lit = np.float32(255.0) * (image / np.float32(255.0)) ** np.float32(gamma) * ramp[..., None] * (cast * gain)
-    return np.clip(lit, 0, 255).astype(np.float32)
+    lit = np.clip(lit, 0, 255).astype(np.float32)
+    if lighting.blur:
+        lit = ndimage.gaussian_filter(lit, (rng.uniform(0, lighting.blur),) * 2 + (0,)).astype(np.float32)
+    return lit
+
+
+def _light_spot(rng: np.random.Generator, strength: float) -> np.ndarray:
+    """1 + a broad Gaussian bump (a lamp's reflection) at a random place, up to `strength` brighter."""
+    x, y = rng.uniform(-0.4, 0.4, 2)
+    width = rng.uniform(0.2, 0.45)
+    bump = np.exp(-((_CENTRED_X - x) ** 2 + (_CENTRED_Y - y) ** 2) / (2 * width**2))
+    return (1.0 + rng.uniform(0, strength) * bump).astype(np.float32)
 
 
 def _finished(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -165,8 +227,12 @@ def _donor(rng: np.random.Generator) -> np.ndarray:
     return load_source(DONOR_SOURCES[int(rng.integers(len(DONOR_SOURCES)))])
 
 
-def _image_rng(seed: int, class_index: int, split: str, defect_index: int, image_index: int):
-    sequence = np.random.SeedSequence([seed, class_index, SPLIT_CODES[split], defect_index, image_index])
+def _image_rng(seed: int, class_index: int, split: str, defect_index: int, image_index: int,
+               version: int = GENERATOR_VERSION):
+    key = [seed, class_index, SPLIT_CODES[split], defect_index, image_index]
+    if version != 2:  # v2's key predates versions; later versions add theirs so no image repeats v2's
+        key.append(version)
+    sequence = np.random.SeedSequence(key)
     return np.random.Generator(np.random.PCG64(sequence))
 
 
@@ -186,9 +252,10 @@ class AnomalousImage:
     pixels: np.ndarray  # uint8 as written, noise included
 
 
-def anomalous_image(seed: int, class_index: int, defect: str, image_index: int) -> AnomalousImage:
-    recipe = CLASSES[class_index]
-    rng = _image_rng(seed, class_index, "test", recipe.defects.index(defect) + 1, image_index)
+def anomalous_image(seed: int, class_index: int, defect: str, image_index: int,
+                    version: int = GENERATOR_VERSION) -> AnomalousImage:
+    recipe = version_classes(version)[class_index]
+    rng = _image_rng(seed, class_index, "test", recipe.defects.index(defect) + 1, image_index, version)
     clean = normal_image(recipe, rng)
     defective, mask = DEFECT_DRAWERS[defect](clean, rng, _donor(rng))
     if not mask.any():
@@ -196,17 +263,17 @@ def anomalous_image(seed: int, class_index: int, defect: str, image_index: int) 
     return AnomalousImage(clean, defective, mask, _finished(defective, rng))
 
 
-def write_class(root: Path, seed: int, class_index: int) -> None:
+def write_class(root: Path, seed: int, class_index: int, version: int = GENERATOR_VERSION) -> None:
     """Write one class's train and test images (and masks) under root/<class>."""
-    recipe = CLASSES[class_index]
+    recipe = version_classes(version)[class_index]
     folder = root / recipe.name
     for split, count in (("train", TRAIN_GOOD), ("test", TEST_GOOD)):
         for i in range(count):
-            rng = _image_rng(seed, class_index, split, 0, i)
+            rng = _image_rng(seed, class_index, split, 0, i, version)
             _save_png(_finished(normal_image(recipe, rng), rng), folder / split / "good" / f"{i:03d}.png")
     for defect in recipe.defects:
         for i in range(recipe.per_defect):
-            example = anomalous_image(seed, class_index, defect, i)
+            example = anomalous_image(seed, class_index, defect, i, version)
             _save_png(example.pixels, folder / "test" / defect / f"{i:03d}.png")
             _save_png(example.mask.astype(np.uint8) * 255, folder / "ground_truth" / defect / f"{i:03d}_mask.png")
 
@@ -235,18 +302,26 @@ def is_complete(root: Path, generator_version: int = GENERATOR_VERSION) -> bool:
         return False
 
 
-def prepare_embedded(seed: int = 0, force: bool = False, root: Path | None = None) -> Path:
-    """Generate the embedded dataset once (atomically) and return its root.
+def prepare_embedded(seed: int = 0, force: bool = False, root: Path | None = None,
+                     version: int = GENERATOR_VERSION) -> Path:
+    """Generate the embedded dataset of a generator version once (atomically) and return its root.
 
-    The default root is cache_root()/embedded/v<GENERATOR_VERSION>-seed<seed>. An existing complete
-    tree is returned as is unless force is set.
+    The default root is cache_root()/embedded/v<version>-seed<seed>. An existing complete tree of
+    that version is returned as is unless force is set.
     """
-    def write_tree(staging: Path) -> None:
-        for class_index in range(len(CLASSES)):
-            write_class(staging, seed, class_index)
+    classes = version_classes(version)
 
-    target = Path(root) if root is not None else default_root(seed)
-    return prepare_generated(target, GENERATOR_VERSION, seed, write_tree, force)
+    def write_tree(staging: Path) -> None:
+        for class_index in range(len(classes)):
+            write_class(staging, seed, class_index, version)
+
+    target = Path(root) if root is not None else default_root(seed, version)
+    return prepare_generated(target, version, seed, write_tree, force)
+
+
+def prepare_embedded_v3(seed: int = 0, force: bool = False, root: Path | None = None) -> Path:
+    """The dataset named embedded_v3: generator v3 (datasets/embedded_v3.yaml)."""
+    return prepare_embedded(seed, force, root, version=DATASET_VERSIONS["embedded_v3"])
 
 
 def prepare_generated(root: Path, generator_version: int, seed: int, write_tree: Callable[[Path], None],
