@@ -9,6 +9,7 @@ Examples:
   harness datasets verify /data/mvtec_anomaly_detection --dataset mvtec_ad
   harness datasets verify /data/VisA --dataset visa --classes candle,pcb1 --no-pixels
   harness datasets prepare embedded --seed 0
+  harness datasets prepare embedded_v3 --seed 1
   harness datasets prepare embedded_3d
   harness datasets prepare validation_a
   harness datasets fixture mvtec_loco /tmp/loco_fixture --variant missing_mask
@@ -32,6 +33,7 @@ HELP = "list dataset cards, verify a dataset root, prepare the embedded datasets
 SMALL_DATASET = 200  # samples; below this no progress bar is drawn
 GENERATED_BUILDERS = {  # dataset -> (module, function(seed=, force=) -> root)
     "embedded": ("harness.data.embedded", "prepare_embedded"),
+    "embedded_v3": ("harness.data.embedded", "prepare_embedded_v3"),
     "embedded_3d": ("harness.data.embedded_3d", "prepare_embedded_3d"),
     "validation_a": ("harness.data.validation_sets", "prepare_validation_a"),
     "validation_b": ("harness.data.validation_sets", "prepare_validation_b"),
@@ -62,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     prepare = sub.add_parser("prepare", help="build a dataset that the harness generates itself",
                              description="Build a generated dataset: 'embedded' (the default dataset built from photos "
-                                         "shipped in Python wheels), 'embedded_3d' (synthetic rgb + point-cloud scans in "
+                                         "shipped in Python wheels, generator v2), 'embedded_v3' (the same photos, generator v3: "
+                                         "subtler defects and more varied views), 'embedded_3d' (synthetic rgb + point-cloud scans in "
                                          "the MVTec 3D-AD layout) or 'validation_a' / 'validation_b' (photo datasets with "
                                          "other images and defects, for tuning presets); official datasets must be downloaded by you.")
     prepare.add_argument("name", choices=list(GENERATED_BUILDERS), help="the dataset to build")

@@ -19,9 +19,10 @@ from harness.data.sample import Sample
 
 GENERIC = "generic"
 EMBEDDED = "embedded"
+EMBEDDED_V3 = "embedded_v3"  # generator v3, opt-in (harness/data/embedded.py)
 EMBEDDED_3D = "embedded_3d"
 VALIDATION_SETS = ("validation_a", "validation_b")  # tuning data, never a test set (harness/data/validation_sets.py)
-BUILT_ON_FIRST_USE = (EMBEDDED, EMBEDDED_3D, *VALIDATION_SETS)  # generated datasets: no root needed
+BUILT_ON_FIRST_USE = (EMBEDDED, EMBEDDED_V3, EMBEDDED_3D, *VALIDATION_SETS)  # generated datasets: no root needed
 
 
 class DatasetError(ValueError):
@@ -166,6 +167,10 @@ def _default_root(name: str) -> Path:
         from harness.data.embedded import prepare_embedded  # built on first use; see harness/data/embedded.py
 
         return prepare_embedded()
+    if name == EMBEDDED_V3:
+        from harness.data.embedded import prepare_embedded_v3
+
+        return prepare_embedded_v3()
     if name == EMBEDDED_3D:
         from harness.data.embedded_3d import prepare_embedded_3d  # built on first use; see harness/data/embedded_3d.py
 
