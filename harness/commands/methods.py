@@ -73,7 +73,11 @@ def methods_listing(rows: list[dict], broken: dict[str, str]) -> list[str]:
     width = max((len(config["backbone"]) for row in rows for config in row["presets"].values()), default=0)
     lines = []
     for row in rows:
-        lines.append(f"[bold]{row['method']}[/bold] v{row['version']}  {_consumes(row)}")
+        head, consumes = f"{row['method']} v{row['version']}", _consumes(row)
+        if len(head) + 2 + len(consumes) <= 80:
+            lines.append(f"[bold]{row['method']}[/bold] v{row['version']}  {consumes}")
+        else:  # a long method name: what it consumes goes on a line of its own
+            lines += [f"[bold]{row['method']}[/bold] v{row['version']}", f"  {consumes}"]
         for preset, config in row["presets"].items():
             epochs = "one pass" if config["epochs"] is None else f"{config['epochs']} epochs"
             weights = "" if config["backbone_weights"] == "auto" else f"  weights {config['backbone_weights']}"
