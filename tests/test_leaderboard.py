@@ -320,3 +320,11 @@ def test_sample_scores_that_do_not_reproduce_the_stored_metrics_give_no_interval
     assert "routing=softmax: no bootstrap interval: the stored sample scores give" in markdown
     assert "No tie test on I-AUROC: row 1 has no resampled I-AUROC." in markdown
     assert "routing=first: no bootstrap interval" not in markdown  # no complete run: nothing to explain
+
+
+def test_at_80_columns_no_table_cell_is_cut(populated):
+    console = Console(width=80, record=True)
+    render_terminal(build_leaderboard(populated, sweep="routing"), console)
+    text = console.export_text()
+    assert "Params" in text[text.index("Efficiency"):] and "…" not in text
+    assert "mvtec_lo" in text and "VisA" not in text.split("Reported by")[0]  # the long dataset name is there, folded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -29,7 +31,8 @@ def _rich_table(table: TextTable, title: str | None = None) -> Table:
     view = Table(title=title, title_justify="left", header_style="bold")
     for i, header in enumerate(table.headers):
         left = header in ("Class", "Status", "Configuration", "Method", "Dataset")
-        view.add_column(header, justify="left" if left else "right", no_wrap=header in ("Configuration", "Class"))
+        # fold, never an ellipsis: a long name (mvtec_loco in a narrow column) goes on over lines, not cut
+        view.add_column(header, justify="left" if left else "right", no_wrap=header in ("Configuration", "Class"), overflow="fold")
     for cells, status in zip(table.rows, table.row_status):
         view.add_row(*cells, style=_ROW_STYLES.get(status, ""))
     return view
@@ -47,7 +50,8 @@ def render_terminal(board: Leaderboard, console: Console | None = None, per_clas
         intervals = interval_table(board, TERMINAL_METRICS)
         if intervals.rows:
             console.print(_rich_table(intervals, "Bootstrap intervals (class mean)"))
-        console.print(_rich_table(leaderboard_table(board, [], TERMINAL_EFFICIENCY), "Efficiency"))
+        efficiency = _without(leaderboard_table(board, [], TERMINAL_EFFICIENCY), "Seeds", "Status")  # both shown above
+        console.print(_rich_table(efficiency, "Efficiency"))
     for note in table.footnotes:
         console.print(f"  {note}", style="dim" if note.startswith("*") else "yellow", markup=False, highlight=False)
     for note in table.legend:
@@ -60,6 +64,11 @@ def render_terminal(board: Leaderboard, console: Console | None = None, per_clas
     if per_class:
         for metric in [m for m in TERMINAL_METRICS if m in board.metrics]:
             console.print(_rich_table(per_class_table(board, metric), f"Per class: {metric_title(metric)}"))
+
+
+def _without(table: TextTable, *headers: str) -> TextTable:
+    keep = [i for i, header in enumerate(table.headers) if header not in headers]
+    return replace(table, headers=[table.headers[i] for i in keep], rows=[[row[i] for i in keep] for row in table.rows])
 
 
 def _print_reference_checks(board: Leaderboard, console: Console) -> None:
