@@ -327,4 +327,4 @@ def test_at_80_columns_no_table_cell_is_cut(populated):
     render_terminal(build_leaderboard(populated, sweep="routing"), console)
     text = console.export_text()
     assert "Params" in text[text.index("Efficiency"):] and "…" not in text
-    assert "mvtec_lo" in text and "VisA" not in text.split("Reported by")[0]  # the long dataset name is there, folded
+    assert "mvtec_lo" in text  # the long dataset name is there, folded over lines
