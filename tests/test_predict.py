@@ -31,6 +31,17 @@ def trained(fixture_root, tmp_path_factory):
     return {"root": fixture_root, "store": store, "run_id": run_id}
 
 
+def test_train_json_is_in_percent_like_every_view(fixture_root, tmp_path, capsys):
+    import json
+
+    assert main(["train", "--method", "uniad", "--dataset", "generic", "--data-root", str(fixture_root),
+                 *EPOCHS_AND_BATCH, "--results", str(tmp_path / "store"), "--output", str(tmp_path / "run"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = {m["metric"]: m["value"] for m in ResultStore(tmp_path / "store").read("metrics").to_pylist() if m["class_name"] == "mean"}
+    assert printed["mean"]["i_auroc"] == pytest.approx(100 * stored["i_auroc"])  # the store keeps fractions
+    assert printed["mean"]["p_auroc"] == pytest.approx(100 * stored["p_auroc"]) and printed["mean"]["p_auroc"] > 1
+
+
 def test_train_results_names_the_run_as_a_sweep_would(trained):
     from harness.sweep.run_id import resolve_run_ids
     from harness.sweep.spec import parse_sweep

@@ -38,7 +38,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--no-feature-cache", action="store_true", help="recompute backbone features instead of using the cache")
     parser.add_argument("--output", default=None, help="folder for the checkpoint, predictions and outcome.json")
-    parser.add_argument("--json", action="store_true", help="print the metric table as JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print the metric table as JSON (class -> metric -> percent) instead of a table")
     parser.add_argument(
         "--results",
         default=None,
@@ -100,8 +100,8 @@ def run(args) -> int:
         run_id = write_to_store(args.results, config, outcome)
         console.print(f"run {run_id} written to the result store {args.results}")
     table = outcome.metric_table
-    if args.json:
-        json.dump(table.to_dict(), sys.stdout, indent=2, default=float)
+    if args.json:  # percent, as every other view (terminal, CSV, Markdown, HTML)
+        json.dump(percent(table.to_dict()), sys.stdout, indent=2, default=float)
         sys.stdout.write("\n")
     else:
         from harness.commands._render import render_metric_table
@@ -114,6 +114,11 @@ def run(args) -> int:
             f"evaluated in {run_info['wall_time_eval_s']:.1f} s; outputs in {outcome.checkpoint_dir}"
         )
     return 0
+
+
+def percent(values: dict) -> dict:
+    """class -> metric -> value in percent (None stays None)."""
+    return {cls: {metric: None if v is None else 100 * float(v) for metric, v in metrics.items()} for cls, metrics in values.items()}
 
 
 def sweep_trial_config(config: dict) -> dict:
