@@ -213,13 +213,12 @@ class ThreadRankContext(WorkerContext):
         return gathered
 
 
-def _normalised_by_ranks(root, world_size: int) -> tuple[dict, list]:
+def _evaluated_on_thread_ranks(trial: TrialConfig, world_size: int) -> dict:
+    """sample_id -> (score, map bytes) of the seeded model, ``world_size`` ranks evaluating at once on threads."""
     import threading
 
     from harness.training.loop import evaluate
 
-    register_tiny_normalised_method()
-    trial = TrialConfig.from_dict({**_config(root, loader_workers=0), "method": TINY_NORMALISED})
     quiet = lambda stage, info: None  # noqa: E731
     slots, barrier = [None] * world_size, threading.Barrier(world_size)
     contexts = [ThreadRankContext(r, world_size, slots, barrier) for r in range(world_size)]
@@ -234,16 +233,19 @@ def _normalised_by_ranks(root, world_size: int) -> tuple[dict, list]:
         t.start()
     for t in threads:
         t.join()
-    outputs = {row["sample_id"]: (row["score"], row["anomaly_map"].tobytes()) for s in shards for row in s.prediction_rows}
-    return outputs, [p.method for p in prepared]
+    return {row["sample_id"]: (row["score"], row["anomaly_map"].tobytes()) for s in shards for row in s.prediction_rows}
+
+
+def _normalised_by_ranks(root, world_size: int) -> dict:
+    register_tiny_normalised_method()
+    return _evaluated_on_thread_ranks(TrialConfig.from_dict({**_config(root, loader_workers=0), "method": TINY_NORMALISED}), world_size)
 
 
 def test_class_normalised_levels_use_the_whole_class_and_agree_on_1_2_and_3_ranks(fixture_root):
-    one, (method,) = _normalised_by_ranks(fixture_root, 1)
+    one = _normalised_by_ranks(fixture_root, 1)
     assert len(one) == 10
     for world_size in (2, 3):
-        outputs, _ = _normalised_by_ranks(fixture_root, world_size)
-        assert outputs == one
+        assert _normalised_by_ranks(fixture_root, world_size) == one
     # The ranges finish() saw are each class's extremes over its whole test set: some sample reaches 0 and 2.
     maps = {sid: np.frombuffer(m, dtype=np.float16) for sid, (_, m) in one.items()}
     for cls in {sid.split("/")[0] for sid in maps}:
@@ -262,30 +264,10 @@ def test_depth_on_a_dataset_without_point_clouds_is_one_clear_message(fixture_ro
 
 def test_anomalymoe_evaluates_bit_identically_on_1_and_2_ranks(fixture_root):
     """The real method through both passes (component masks, raw levels, merged class ranges, finish)."""
-    import threading
-
-    from harness.training.loop import evaluate
-
     overrides = {"loader_workers": 0, "eval_size": 64, "component_image_size": 64, "component_mask_size": 32, "component_coreset_fraction": 0.25,
                  "batch_size": 4}
     trial = TrialConfig.from_dict({"method": "anomalymoe", "preset": "cpu", "dataset": "generic", "data_root": str(fixture_root),
                                    "seed": 3, "method_config": overrides})
-    quiet = lambda stage, info: None  # noqa: E731
-    outputs = {}
-    for world_size in (1, 2):
-        slots, barrier = [None] * world_size, threading.Barrier(world_size)
-        contexts = [ThreadRankContext(r, world_size, slots, barrier) for r in range(world_size)]
-        prepared = [prepare_inputs(trial, c, quiet, True) for c in contexts]
-        shards = [None] * world_size
-
-        def run(rank):
-            shards[rank] = evaluate(prepared[rank], prepared[rank].method, contexts[rank], quiet)
-
-        threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        outputs[world_size] = {row["sample_id"]: (row["score"], row["anomaly_map"].tobytes()) for s in shards for row in s.prediction_rows}
+    outputs = {world_size: _evaluated_on_thread_ranks(trial, world_size) for world_size in (1, 2)}
     assert len(outputs[1]) == 10 and outputs[2] == outputs[1]
     assert all(np.isfinite(score) for score, _ in outputs[1].values())
