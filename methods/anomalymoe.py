@@ -293,8 +293,8 @@ class AnomalyMoE(AnomalyMethod):
     def parameters_reported_apart(self) -> dict[str, nn.Module]:
         return {"club_estimator": self.estimator, "encoder": self.encoder}
 
-    def component_spec(self) -> ComponentSpec:
-        c = self.config
+    @classmethod
+    def component_spec_for(cls, c: dict[str, Any]) -> ComponentSpec:
         return ComponentSpec(
             backbone=c["component_backbone"],
             level=int(c["component_level"]),

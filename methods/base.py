@@ -211,9 +211,14 @@ class AnomalyMethod(nn.Module):
         """Called by the loop before any work with the dataset's class names in ``class_index`` order
         (UniMMAD weighs its loss by class); default: nothing."""
 
-    def component_spec(self) -> ComponentSpec | None:
-        """For methods that read component masks (AnomalyMoE): what the offline stage computes; None: no masks."""
+    @classmethod
+    def component_spec_for(cls, config: dict[str, Any]) -> ComponentSpec | None:
+        """For methods that read component masks (AnomalyMoE): what the offline stage computes for a
+        resolved config, without building the model; None: no masks."""
         return None
+
+    def component_spec(self) -> ComponentSpec | None:
+        return self.component_spec_for(self.config)
 
     def finish(self, prediction: Prediction, minima: dict[str, Tensor], maxima: dict[str, Tensor]) -> Prediction:
         """For ``class_normalised`` methods: scores and maps from raw ``levels``, given each sample's class

@@ -277,7 +277,7 @@ def _component_spec_from(args: argparse.Namespace):
     explicit = {f.name: getattr(args, f.name) for f in fields(ComponentSpec) if getattr(args, f.name) is not None}
     spec = None
     if args.method in methods.available():
-        spec = methods.build(args.method, args.preset, {"backbone_weights": "random"}, feature_channels=[], feature_reductions=[]).component_spec()
+        spec = methods.get(args.method).component_spec_for(methods.preset_config(args.method, args.preset))
         if spec is None:
             raise ConfigProblems(source, [ConfigIssue("--method", args.method, "a method that reads component masks (anomalymoe)")])
         spec = replace(spec, **explicit)
