@@ -24,7 +24,7 @@ preset's size, before and after the coreset, per-class total and unified (spec 1
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -42,46 +42,33 @@ _THOP_COUNTED = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d)
 
 @dataclass
 class MacCount:
-    """Multiply-accumulates of one forward: ``true`` includes the masked QK^T, ``common`` does not."""
+    """Multiply-accumulates of one forward: ``true`` includes the masked QK^T, ``common`` does not;
+    ``inside``: the share spent inside the module ``count_macs`` was asked about (0 when none)."""
 
     true: int
     masked_qk: int
+    inside: int = 0
 
     @property
     def common(self) -> int:
         return self.true - self.masked_qk
 
+    def as_json(self) -> dict[str, int]:
+        return {"true": self.true, "masked_qk": self.masked_qk, "common": self.common}
 
-def count_macs(fn, *args, **kwargs) -> MacCount:
-    """MACs of ``fn(*args, **kwargs)`` under no_grad: true count and the masked-attention QK^T part."""
+
+def count_macs(fn, *args, inside: nn.Module | None = None, **kwargs) -> MacCount:
+    """MACs of ``fn(*args, **kwargs)`` under no_grad: true count, the masked-attention QK^T part, and
+    the share inside ``inside`` (any of its modules; the outermost call of nested ones counted once)."""
     masked = [0]
+    counter = FlopCounterMode(display=False)
+    depth, spent, start = [0], [0], [0]
 
     def on_attention(module, inputs, output):
         query, key = inputs[0], inputs[1]
         mask = inputs[3] if len(inputs) > 3 else None
         if mask is not None:
             masked[0] += query.shape[0] * query.shape[1] * key.shape[1] * query.shape[2]
-
-    attentions = [m for m in _modules_of(fn) if isinstance(m, NeighbourMaskedAttention)]
-    hooks = [m.register_forward_hook(on_attention) for m in attentions]
-    impls = [m.impl for m in attentions]
-    try:
-        for m in attentions:
-            m.impl = "baddbmm"
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            fn(*args, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for m, impl in zip(attentions, impls):
-            m.impl = impl
-    return MacCount(true=int(counter.get_total_flops()) // 2, masked_qk=masked[0])
-
-
-def count_part_macs(fn, part: nn.Module, *args, **kwargs) -> tuple[MacCount, int]:
-    """MACs of ``fn(*args)`` and the share spent inside ``part`` (any of its modules, outermost call counted once)."""
-    depth, spent, start = [0], [0], [0]
-    counter = FlopCounterMode(display=False)
 
     def enter(module, inputs):
         if depth[0] == 0:
@@ -93,15 +80,22 @@ def count_part_macs(fn, part: nn.Module, *args, **kwargs) -> tuple[MacCount, int
         if depth[0] == 0:
             spent[0] += counter.get_total_flops() - start[0]
 
-    hooks = [m.register_forward_pre_hook(enter) for m in part.modules()] + [m.register_forward_hook(leave) for m in part.modules()]
+    attentions = [m for m in _modules_of(fn) if isinstance(m, NeighbourMaskedAttention)]
+    hooks = [m.register_forward_hook(on_attention) for m in attentions]
+    part = list(inside.modules()) if inside is not None else []
+    hooks += [m.register_forward_pre_hook(enter) for m in part] + [m.register_forward_hook(leave) for m in part]
+    impls = [m.impl for m in attentions]
     try:
+        for m in attentions:
+            m.impl = "baddbmm"
         with torch.no_grad(), counter:
             fn(*args, **kwargs)
     finally:
         for hook in hooks:
             hook.remove()
-    total = int(counter.get_total_flops()) // 2
-    return MacCount(true=total, masked_qk=0), int(spent[0]) // 2
+        for m, impl in zip(attentions, impls):
+            m.impl = impl
+    return MacCount(true=int(counter.get_total_flops()) // 2, masked_qk=masked[0], inside=int(spent[0]) // 2)
 
 
 def _modules_of(fn) -> list[nn.Module]:
@@ -170,14 +164,14 @@ def profile_method(
             "backbone": parameter_count(backbone) if backbone is not None else None,
             "with_backbone": None,
         },
-        "macs": {"reconstruction": asdict(macs) | {"common": macs.common}},
+        "macs": {"reconstruction": macs.as_json()},
     }
     if bank is not None:
         profile["memory_bank"] = {"dataset": "mvtec_ad", **bank}
     if backbone is not None:
         profile["params"]["with_backbone"] = profile["params"]["trainable"] + profile["params"]["backbone"]
         backbone_macs = count_macs(backbone, torch.randn(1, 3, image_size, image_size))
-        profile["macs"]["backbone"] = asdict(backbone_macs) | {"common": backbone_macs.common}
+        profile["macs"]["backbone"] = backbone_macs.as_json()
         profile["macs"]["with_backbone"] = {
             key: profile["macs"]["reconstruction"][key] + profile["macs"]["backbone"][key] for key in ("true", "masked_qk", "common")
         }
@@ -217,9 +211,9 @@ def profile_image_method(name: str, preset: str = "paper", overrides: dict[str, 
         "macs": {},
     }
     if with_macs:
-        count, inside = count_part_macs(method.predict, recon, method.example_batch(1))
-        profile["macs"]["with_backbone"] = asdict(count) | {"common": count.common}
-        profile["macs"]["reconstruction"] = {"true": inside, "masked_qk": 0, "common": inside}
+        count = count_macs(method.predict, method.example_batch(1), inside=recon)
+        profile["macs"]["with_backbone"] = count.as_json()
+        profile["macs"]["reconstruction"] = {"true": count.inside, "masked_qk": 0, "common": count.inside}
     profile["reported"] = _reported(name, config)
     return profile
 
