@@ -243,12 +243,11 @@ class Scorer:
 
 def class_normalised(method, samples: list, predicted: list) -> list:
     """finish() with each class's per-level minima and maxima over the images scored together."""
-    from harness.training.loop import sample_level_ranges, level_ranges
+    from harness.training.loop import finished_predictions, level_ranges
 
     batches = [([samples[i] for i in rows], prediction) for rows, prediction in predicted]
-    ranges = level_ranges(batches)
-    return [(rows, method.finish(prediction, *sample_level_ranges(ranges, [s.class_name for s in batch])))
-            for (rows, prediction), (batch, _) in zip(predicted, batches)]
+    finished = finished_predictions(method, batches, level_ranges(batches))
+    return [(rows, prediction) for (rows, _), (_, prediction) in zip(predicted, finished)]
 
 
 def rebuild(stored: StoredRun, index) -> Scorer:

@@ -420,9 +420,8 @@ def evaluate(inputs: TrainingInputs, model: torch.nn.Module, context: WorkerCont
         progress("eval", {"advance": len(rows)})
     if inputs.method.class_normalised:
         ranges = merged_level_ranges(context.gather(level_ranges(predicted)))
-        for samples, prediction in predicted:
-            lows, highs = sample_level_ranges(ranges, [s.class_name for s in samples])
-            _record_prediction(inputs, samples, inputs.method.finish(prediction, lows, highs), shard)
+        for samples, finished in finished_predictions(inputs.method, predicted, ranges):
+            _record_prediction(inputs, samples, finished, shard)
     shard.seconds = time.time() - started
     return shard
 
@@ -440,19 +439,28 @@ def level_ranges(predicted: list) -> dict[tuple[str, str], tuple[float, float]]:
         for name, level in prediction.levels.items():
             flat = level.flatten(1)
             for sample, low, high in zip(samples, flat.amin(1).tolist(), flat.amax(1).tolist()):
-                key = (sample.class_name, name)
-                old = ranges.get(key, (low, high))
-                ranges[key] = (min(old[0], low), max(old[1], high))
+                _widen(ranges, (sample.class_name, name), low, high)
     return ranges
 
 
 def merged_level_ranges(shards: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
+    """Every worker's ranges as one: min and max merge exactly in any order."""
     merged: dict[tuple[str, str], tuple[float, float]] = {}
     for ranges in shards:
         for key, (low, high) in ranges.items():
-            old = merged.get(key, (low, high))
-            merged[key] = (min(old[0], low), max(old[1], high))
+            _widen(merged, key, low, high)
     return merged
+
+
+def _widen(ranges: dict, key, low: float, high: float) -> None:
+    old = ranges.get(key, (low, high))
+    ranges[key] = (min(old[0], low), max(old[1], high))
+
+
+def finished_predictions(method, predicted: list, ranges: dict) -> list:
+    """(samples, prediction) batches of raw levels -> (samples, ``finish``ed prediction), given the ranges."""
+    return [(samples, method.finish(prediction, *sample_level_ranges(ranges, [s.class_name for s in samples])))
+            for samples, prediction in predicted]
 
 
 def sample_level_ranges(ranges: dict, class_names: list[str]) -> tuple[dict, dict]:
