@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from harness.config import ConfigError
+from harness.data.depth import depth_tensor  # the official depth preparation (UniMMAD)
 from harness.data.images import mask_channel_values, read_mask_stack, read_rgb
 from harness.data.sample import Sample
 
@@ -123,8 +124,6 @@ class ImageSet(torch.utils.data.Dataset):
     def _modality(self, sample: Sample, name: str, rgb: torch.Tensor) -> torch.Tensor:
         if name == "rgb":
             return rgb
-        from harness.data.depth import depth_tensor  # the official depth preparation (UniMMAD)
-
         return depth_tensor(sample.images["xyz"], self.spec.image_size, foreground_mask=self.spec.depth_foreground_mask)
 
 
