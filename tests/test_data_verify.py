@@ -8,6 +8,7 @@ from PIL import Image
 
 from harness.data.cards import CardError, card_from_mapping
 from harness.data.fixtures import write_fixture
+from harness.data.registry import _count_problems, count_samples, scan_dataset
 from harness.data.verify import verify_dataset
 
 
@@ -52,10 +53,13 @@ def test_xyz_that_does_not_match_the_image_is_reported(tmp_path):
 
 
 def test_unverified_card_turns_count_mismatches_into_warnings(tmp_path):
+    # no bundled card is unverified any more, and an --expect card is always taken as verified
     info = write_fixture("mvtec_3d", tmp_path / "3d")
-    report = verify_dataset("mvtec_3d", info.root, classes=["bagel", "foam"])
-    assert report.ok and report.warnings
-    assert all(p.kind == "count-mismatch" and p.defect_type == "good" for p in report.warnings)
+    scan = scan_dataset("mvtec_3d", info.root, expected=info.counts)
+    unverified = scan.card.with_counts({"bagel": {"train": {"good": 99}}}, verified=False)
+    problems = _count_problems(unverified, ["bagel"], count_samples(scan.layout.samples), scan.layout, scan.root)
+    assert [(p.kind, p.severity, p.split, p.defect_type) for p in problems] == [("count-mismatch", "warning", "train", "good")]
+    assert "expected 99" in problems[0].message and "warning only" in problems[0].message
 
 
 def test_card_schema_errors_name_the_key():
