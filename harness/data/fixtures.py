@@ -237,3 +237,52 @@ def _plant(variant: str, layout: str, root: Path, image: Path, mask: Path, first
     misnamed = root / (first_class.capitalize() + "_")
     (root / first_class).rename(misnamed)
     return misnamed
+
+
+# Real-IAD: per class, objects of (split, anomaly_class); each object photographed in the five views.
+REAL_IAD_OBJECTS = (("train", "OK"), ("train", "OK"), ("test", "OK"), ("test", "AK"), ("test", "ZW"))
+REAL_IAD_CLASSES = ("audiojack", "toy_brick")
+
+
+def write_real_iad_fixture(root: str | Path, *, classes: tuple[str, ...] = REAL_IAD_CLASSES, seed: int = 0,
+                           size: int = 32) -> FixtureInfo:
+    """A tiny Real-IAD root in the official layout (harness.data.layouts.real_iad): jpg views under
+    ``realiad_1024/<cls>/{OK,NG/<code>}/S<nnnn>/``, a png mask beside each anomalous view, and the
+    split files ``realiad_jsons/realiad_jsons/<cls>.json`` (all views) and
+    ``realiad_jsons/realiad_jsons_sv/<cls>.json`` (view C1 only). ``counts`` are for all five views.
+    Object n of a class has defect squares of side ``4 + 2 * n`` in each anomalous view."""
+    from harness.data.layouts.real_iad import VIEWS
+
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"fixture root {root} is not empty; pick a new folder")
+    painter = _Painter(np.random.default_rng(seed), size)
+    info = FixtureInfo("real_iad", "real_iad", root, {})
+    for cls in classes:
+        entries = {"train": [], "test": []}
+        for number, (split, code) in enumerate(REAL_IAD_OBJECTS, start=1):
+            defect = GOOD if code == "OK" else code
+            per_split = info.counts.setdefault(cls, {}).setdefault(split, {})
+            per_split[defect] = per_split.get(defect, 0) + len(VIEWS)
+            entries[split] += [_real_iad_view(root / "realiad_1024" / cls, cls, number, code, view, painter) for view in VIEWS]
+        meta = {"prefix": cls, "normal_class": "OK"}
+        for folder, views in (("realiad_jsons", VIEWS), ("realiad_jsons_sv", ("C1",))):
+            chosen = {split: [e for e in listed if any(f"_{v}_" in e["image_path"] for v in views)] for split, listed in entries.items()}
+            path = root / "realiad_jsons" / folder / f"{cls}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"meta": meta, **chosen}, indent=1), encoding="utf-8")
+    return info
+
+
+def _real_iad_view(class_dir: Path, cls: str, number: int, code: str, view: str, painter: _Painter) -> dict:
+    """Write one view (and its mask when anomalous); return its JSON entry."""
+    status = "OK" if code == "OK" else f"NG_{code}"
+    folder = Path(status.replace("_", "/")) / f"S{number:04d}"
+    stem = f"{cls}_{number:04d}_{status}_{view}_2023092209{number:02d}{view[1:]:0>2}"  # <object>_C<v>_<timestamp>
+    side = 0 if code == "OK" else _side(number)
+    _save(class_dir / folder / f"{stem}.jpg", painter.image(False, side))
+    mask_path = None
+    if side:
+        mask_path = (folder / f"{stem}.png").as_posix()
+        _save(class_dir / mask_path, painter.mask(side))
+    return {"category": cls, "anomaly_class": code, "image_path": (folder / f"{stem}.jpg").as_posix(), "mask_path": mask_path}

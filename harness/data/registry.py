@@ -44,6 +44,7 @@ class DatasetIndex:
     defects_config: dict[str, list[dict]] = field(default_factory=dict)  # MVTec LOCO: class -> entries
     warnings: list[Problem] = field(default_factory=list)
     aux_files: list[Path] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # the layout's options as read; record them with the run
 
     @property
     def classes(self) -> list[str]:
@@ -118,38 +119,58 @@ class DatasetScan:
     classes: list[str]
     layout: LayoutScan
     problems: list[Problem]  # structure, folders and counts; errors and warnings
+    options: dict = field(default_factory=dict)  # the layout's options as read (Real-IAD: views, json_dir, image_dir)
 
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
 
-def scan_dataset(name: str, root: str | Path, *, classes=None, expected=None) -> DatasetScan:
-    """Read a root through its card's layout and collect every structural and count problem."""
+def scan_dataset(name: str, root: str | Path, *, classes=None, expected=None, options=None) -> DatasetScan:
+    """Read a root through its card's layout and collect every structural and count problem.
+
+    options: the layout's options (harness.data.layouts.real_iad.OPTIONS); the defaults fill the rest.
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a folder")
     card = _card_for(name, root, expected)
     chosen = _chosen_classes(card, classes)
     layout = reader(card.layout)
-    scan = layout.scan(root, card.name, chosen)
+    resolved = _layout_options(card, layout, options)
+    scan = layout.scan(root, card.name, chosen, **({"options": resolved} if resolved else {}))
     scan.samples.sort(key=lambda s: (chosen.index(s.class_name), SPLITS.index(s.split), s.sample_id))
     problems = list(scan.problems)
     if card.layout != GENERIC:
         problems += _unknown_folders(root, card, layout.ROOT_EXTRAS)
         problems += _count_problems(card, chosen, count_samples(scan.samples), scan, root)
-    return DatasetScan(card, root, chosen, scan, problems)
+    return DatasetScan(card, root, chosen, scan, problems, resolved)
 
 
-def load_dataset(name: str, root: str | Path | None = None, *, classes=None, check_counts: bool = True, expected=None) -> DatasetIndex:
+def _layout_options(card: DatasetCard, layout, given) -> dict:
+    """The layout's options with the given ones put in; {} for a layout without options."""
+    resolve = getattr(layout, "resolve_options", None)
+    if resolve is None:
+        if given:
+            raise DatasetError(f"dataset {card.name!r} (layout {card.layout}) takes no options; got {', '.join(map(repr, given))}")
+        return {}
+    try:
+        return resolve(dict(given or {}))
+    except ValueError as err:
+        raise DatasetError(f"dataset {card.name!r}: {err}") from None
+
+
+def load_dataset(name: str, root: str | Path | None = None, *, classes=None, check_counts: bool = True, expected=None,
+                 options=None) -> DatasetIndex:
     """Index a dataset root read as the named dataset; raise DatasetError listing every problem.
 
     classes restricts to a subset; expected (a card, card path or counts mapping) replaces the
-    card's classes and counts; name "generic" discovers classes and only reports counts.
+    card's classes and counts; options are the layout's options (Real-IAD: views, json_dir,
+    image_dir); name "generic" discovers classes and only reports counts.
     """
     if root is None:
         root = _default_root(name)
-    scan = scan_dataset(name, root, classes=classes, expected=expected)
+    scan = scan_dataset(name, root, classes=classes, expected=expected, options=options)
     errors = [p for p in scan.errors if check_counts or p.kind != "count-mismatch"]
     if errors:
         lines = "\n".join(f"  - {p.message}" for p in errors)
@@ -158,7 +179,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, classes=None, che
     return DatasetIndex(
         name=scan.card.name, root=scan.root, card=scan.card, samples=scan.layout.samples,
         defects_config=scan.layout.defects_config, aux_files=scan.layout.aux_files,
-        warnings=[p for p in scan.problems if p not in errors],
+        warnings=[p for p in scan.problems if p not in errors], options=scan.options,
     )
 
 

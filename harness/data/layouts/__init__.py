@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.data.sample import Sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-LAYOUTS = ("mvtec_ad", "visa", "mvtec_loco", "mvtec_3d", "generic")
+LAYOUTS = ("mvtec_ad", "visa", "mvtec_loco", "mvtec_3d", "real_iad", "generic")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class LayoutScan:
 
 def reader(layout: str):
     """The reader module for a layout name; it exposes ``scan(root, dataset, classes) -> LayoutScan``
-    and ``ROOT_EXTRAS`` (root folders that are not classes)."""
+    and ``ROOT_EXTRAS`` (root folders that are not classes); a layout with options (Real-IAD) also
+    ``resolve_options(given) -> dict`` and takes ``scan(..., options=...)``."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
     return importlib.import_module(f"harness.data.layouts.{layout}")
