@@ -202,7 +202,9 @@ def test_bundled_cards_hold_the_published_totals():
     assert "CC BY 4.0" in visa.licence and "CC BY-NC-SA 4.0" in visa.licence
     loco = cards["mvtec_loco"]
     assert (total(loco, "train"), total(loco, "validation"), total(loco, "test")) == (1772, 304, 1568)
-    assert cards["mvtec_3d"].modalities == ("rgb", "xyz") and cards["mvtec_3d"].counts_verified is False
+    three_d = cards["mvtec_3d"]
+    assert three_d.modalities == ("rgb", "xyz") and three_d.counts_verified is True
+    assert (total(three_d, "train"), total(three_d, "validation"), total(three_d, "test")) == (2656, 294, 1197)
     for card in cards.values():
         assert card.licence and card.citation and card.layout
 
