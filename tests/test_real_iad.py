@@ -200,3 +200,15 @@ def test_card_lists_the_thirty_classes_and_leaves_counts_unverified():
     assert {"audiojack", "toy_brick", "transistor1", "zipper"} <= set(card.classes)
     assert card.counts_verified is False and not any(c.counts for c in card.classes.values())
     assert "CC BY-NC-SA 4.0" in card.licence and "Apache 2.0" in card.licence and "CVPR 2024" in card.citation
+
+
+def test_an_image_listed_twice_or_a_mask_of_another_image_is_named(fresh):
+    document = json.loads(_json(fresh).read_text())
+    document["test"].append(dict(document["train"][0]))  # a training view listed again in the test split
+    anomalous = [e for e in document["test"] if e["mask_path"]]
+    anomalous[0]["mask_path"] = anomalous[1]["mask_path"]
+    _json(fresh).write_text(json.dumps(document))
+    kinds = {p.kind: p for p in _errors(fresh)}
+    assert set(kinds) == {"bad-json", "mask-stem-mismatch"}
+    assert "is listed twice (first at " in kinds["bad-json"].message and f"{_json(fresh)} train[0])" in kinds["bad-json"].message
+    assert kinds["mask-stem-mismatch"].path.endswith(anomalous[1]["mask_path"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.data.cards import GOOD
@@ -66,19 +67,30 @@ def _views(value) -> tuple[str, ...]:
     return tuple(v for v in VIEWS if v in listed)
 
 
+@dataclass
+class _Reading:
+    """What every entry of a scan needs: where the images are, the options, and what was found so far."""
+
+    root: Path
+    dataset: str
+    options: dict
+    image_dir: Path
+    result: LayoutScan = field(default_factory=LayoutScan)
+    seen: dict[Path, str] = field(default_factory=dict)  # image -> the entry that listed it first
+
+
 def scan(root: Path, dataset: str, classes: list[str], options: dict | None = None) -> LayoutScan:
     options = resolve_options(dict(options or {}))
-    result = LayoutScan()
-    image_dir = root / options["image_dir"]
+    reading = _Reading(root, dataset, options, root / options["image_dir"])
+    result, image_dir = reading.result, reading.image_dir
     json_dir = _json_folder(root, options["json_dir"], result)
     if not image_dir.is_dir():
         result.problem("missing-folder", f"image folder {image_dir} does not exist (option image_dir {options['image_dir']!r})", image_dir)
     if json_dir is None or not image_dir.is_dir():
         return result
-    seen: dict[Path, str] = {}
     for cls in classes:
         if class_folder(image_dir, cls, result) is not None:
-            _scan_class(root, dataset, cls, image_dir, json_dir / f"{cls}.json", options, result, seen)
+            _scan_class(reading, cls, json_dir / f"{cls}.json")
     for folder in subfolders(image_dir):
         if folder.name not in classes and not (json_dir / f"{folder.name}.json").is_file():
             result.problem("unknown-folder", f"folder {folder} is neither a chosen class nor named by a {json_dir.name} JSON file; "
@@ -95,8 +107,8 @@ def _json_folder(root: Path, name: str, result: LayoutScan) -> Path | None:
     return folder
 
 
-def _scan_class(root, dataset, cls, image_dir, json_path, options, result, seen) -> None:
-    document = _read_json(json_path, cls, result)
+def _scan_class(reading: _Reading, cls: str, json_path: Path) -> None:
+    document = _read_json(json_path, cls, reading.result)
     if document is None:
         return
     meta = document["meta"]
@@ -105,9 +117,9 @@ def _scan_class(root, dataset, cls, image_dir, json_path, options, result, seen)
             where = f"{json_path} {split}[{index}]"
             problem = _entry_problem(entry, cls)
             if problem:
-                result.problem("bad-json", f"{where}: {problem}", json_path, class_name=cls, split=split)
+                reading.result.problem("bad-json", f"{where}: {problem}", json_path, class_name=cls, split=split)
                 continue
-            _add_entry(root, dataset, cls, split, image_dir / meta["prefix"], meta["normal_class"], entry, where, options, result, seen)
+            _add_entry(reading, split, reading.image_dir / meta["prefix"], entry["anomaly_class"] == meta["normal_class"], entry, where)
 
 
 def _read_json(path: Path, cls: str, result: LayoutScan) -> dict | None:
@@ -151,28 +163,29 @@ def _entry_problem(entry, cls: str) -> str:
     return ""
 
 
-def _add_entry(root, dataset, cls, split, base, normal_class, entry, where, options, result, seen) -> None:
+def _add_entry(reading: _Reading, split: str, base: Path, normal: bool, entry: dict, where: str) -> None:
+    """One listed view as a Sample, when it is a chosen view and its files are there."""
+    cls, result = entry["category"], reading.result
     image = base / entry["image_path"]
-    normal = entry["anomaly_class"] == normal_class
     defect = GOOD if normal else entry["anomaly_class"]
     at = {"class_name": cls, "split": split, "defect_type": defect}
     view = _VIEW_TAG.search(image.stem)
     if view is None or view.group(1) not in VIEWS:
         result.problem("bad-view", f"{where}: image name {image.name!r} has no camera view tag _C1_ .. _C5_", image, **at)
         return
-    if view.group(1) not in options["views"]:
+    if view.group(1) not in reading.options["views"]:
         return
-    if image in seen:
-        result.problem("bad-json", f"{where}: image {image} is listed twice (first at {seen[image]})", image, **at)
+    if image in reading.seen:
+        result.problem("bad-json", f"{where}: image {image} is listed twice (first at {reading.seen[image]})", image, **at)
         return
-    seen[image] = where
+    reading.seen[image] = where
     if not image.is_file():
         result.problem("missing-image", f"{where}: class {cls!r}, split {split!r}: image {image} does not exist", image, **at)
         return
     masks = _masks(base, image, entry, normal, split, where, at, result)
     result.folders.setdefault((cls, split, defect), image.parent.parent)
     extra = {"view": view.group(1), "object_id": image.stem[: view.start()], "anomaly_class": entry["anomaly_class"]}
-    result.samples.append(Sample(dataset, cls, split, defect, sample_id(root, image), NORMAL if normal else ANOMALOUS,
+    result.samples.append(Sample(reading.dataset, cls, split, defect, sample_id(reading.root, image), NORMAL if normal else ANOMALOUS,
                                  {"rgb": image}, masks, extra))
 
 
