@@ -58,3 +58,18 @@ def first_non_finite(stack: np.ndarray) -> int | None:
         return None
     finite_per_item = np.isfinite(stack.reshape(len(stack), -1)).all(axis=1)
     return int(np.flatnonzero(~finite_per_item)[0])
+
+
+def distinct_keys(values32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct uint32 keys of canonical float32 values and how many values hold each.
+
+    float16-representable values are counted with one ``np.bincount`` over their 65,536 keys; others
+    with a sort.
+    """
+    values32 = np.asarray(values32, dtype=np.float32).reshape(-1)
+    if is_float16_exact(values32):
+        counts = np.bincount(float16_keys(values32).astype(np.intp), minlength=1 << 16)
+        occupied = np.flatnonzero(counts)
+        return FLOAT16_KEY_TO_FLOAT32_KEY[occupied], counts[occupied].astype(np.int64)
+    keys, counts = np.unique(float32_keys(values32), return_counts=True)
+    return keys, counts.astype(np.int64)

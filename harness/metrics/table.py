@@ -8,8 +8,10 @@ mixed test set). A missing value is None and its note says why.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple
+
+import numpy as np
 
 MEAN, POOLED = "mean", "pooled"
 
@@ -17,6 +19,8 @@ IMAGE_METRICS = ("i_auroc", "i_ap", "i_f1max")
 AUPRO_LIMITS = {"aupro": 0.3, "aupro_05": 0.05, "aupro_01": 0.01}
 PIXEL_METRICS = ("p_auroc", "p_ap", "p_f1max", *AUPRO_LIMITS)
 STANDARD_METRICS = IMAGE_METRICS + PIXEL_METRICS
+AUPIMO = "aupimo"  # per anomalous image, then the mean over them (aupimo.py)
+AUPIMO_FPR_BOUNDS = (1e-5, 1e-4)
 # MVTec LOCO: limit suffix in percent, as in aupro_05 = AUPRO at FPR 5%.
 SPRO_LIMITS = {"01": 0.01, "05": 0.05, "10": 0.1, "30": 0.3, "100": 1.0}
 LOCO_SPLITS = {"structural": "structural_anomalies", "logical": "logical_anomalies"}
@@ -44,6 +48,7 @@ class MetricTable:
     rows: tuple[MetricRow, ...]
     metric_version: str
     metric_implementation: str
+    sample_values: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # metric -> {sample id: value}
 
     @property
     def classes(self) -> list[str]:
@@ -91,6 +96,18 @@ class MetricTable:
             cells = [as_dict.get(class_name, {}).get(metric) for metric in metrics]
             table.add_row(class_name, *(_format(v, percent) for v in cells), end_section=class_name == last_class)
         return table
+
+
+def class_mean_row(metric: str, per_class: Mapping[str, Mapping[str, tuple[float | None, str]]]) -> MetricRow:
+    """The "mean" row of one metric: unweighted mean over the classes where it is defined, the others named."""
+    having = [name for name, results in per_class.items() if metric in results]
+    defined = [name for name in having if per_class[name][metric][0] is not None]
+    missing = [name for name in having if per_class[name][metric][0] is None]
+    if not defined:
+        return MetricRow(MEAN, metric, None, f"undefined for every class ({', '.join(missing)})")
+    value = float(np.mean([per_class[name][metric][0] for name in defined]))
+    note = f"mean over {len(defined)} of {len(having)} classes; missing: {', '.join(missing)}" if missing else ""
+    return MetricRow(MEAN, metric, value, note)
 
 
 def _format(value: float | None, percent: bool) -> str:
