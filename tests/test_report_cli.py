@@ -28,6 +28,43 @@ def store(tmp_path_factory):
     return results
 
 
+@pytest.fixture(scope="module")
+def two_dataset_store(tmp_path_factory):
+    """Two methods on two datasets; the method ranked first differs between the datasets."""
+    results = ResultStore(tmp_path_factory.mktemp("report_cli_datasets") / "results")
+    for dataset, ranking in {"validation_a": ("uniad", "patchcore"), "validation_b": ("patchcore", "uniad")}.items():
+        for method, i_auroc in zip(ranking, (0.9, 0.6)):
+            config = {"method": method, "dataset": dataset, "seed": 0, "method_config": {}}
+            run = {"run_id": f"run-{method}-{dataset}", "sweep": "presets", "method": method, "preset": "cpu",
+                   "dataset": dataset, "seed": 0, "config_json": config, "axes_json": {}}
+            results.write_run(TrialResult(run, [{"class_name": "mean", "metric": "i_auroc", "value": i_auroc}]),
+                              provenance=False)
+    return results
+
+
+def test_cells_on_several_datasets_are_ranked_within_each_dataset(two_dataset_store, capsys):
+    assert main(["leaderboard", str(two_dataset_store.root), "--format", "md", "--no-bootstrap"]) == 0
+    text = capsys.readouterr().out
+    first, second = text.split("on validation_b")
+    assert "on validation_a" in first
+    assert first.index("uniad") < first.index("patchcore") and second.index("patchcore") < second.index("uniad")
+
+
+def test_dataset_option_keeps_one_dataset_and_names_the_others_when_absent(two_dataset_store, capsys):
+    rows = _ranked_configurations(two_dataset_store, capsys, "--dataset", "validation_b", "--no-bootstrap")
+    assert rows == ["method=patchcore", "method=uniad"]
+    assert main(["leaderboard", str(two_dataset_store.root), "--dataset", "visa"]) == 1
+    assert "datasets with runs: validation_a, validation_b" in capsys.readouterr().err
+
+
+def test_html_of_several_datasets_writes_one_report_per_dataset(two_dataset_store, capsys, tmp_path):
+    target = tmp_path / "board.html"
+    assert main(["leaderboard", str(two_dataset_store.root), "--format", "html", "--output", str(target), "--no-bootstrap"]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["board-validation_a.html", "board-validation_b.html"]
+    assert "on validation_b" in (tmp_path / "board-validation_b.html").read_text()
+
+
 def _ranked_configurations(store, capsys, *sort) -> list[str]:
     assert main(["leaderboard", str(store.root), "--format", "csv", *sort]) == 0
     rows = [row for row in csv.DictReader(io.StringIO(capsys.readouterr().out)) if row.get("rank")]

@@ -94,7 +94,7 @@ def test_all_problems_are_reported_together_with_key_value_and_expectation(tmp_p
     assert found["scaling.workers"].startswith("scaling.workers: got -1; expected an integer >= 0")
     assert "expected one of workers, use_gpu, resources_per_worker" in found["scaling.gpus"]
     assert found["base.dataset"] == (
-        "base.dataset: got 'mvtec'; expected one of embedded, embedded_3d, embedded_v3, mvtec_3d, mvtec_ad, mvtec_loco, validation_a, validation_b, visa, generic"
+        "base.dataset: got 'mvtec'; expected one of embedded, embedded_3d, embedded_v3, mvtec_3d, mvtec_ad, mvtec_loco, real_iad, validation_a, validation_b, visa, generic"
     )
 
 

@@ -10,6 +10,7 @@ Examples:
   harness leaderboard results --sweep routing --per-class
   harness leaderboard results --sweep routing --format html --output report.html
   harness leaderboard results --format csv > leaderboard.csv
+  harness leaderboard results --sweep presets --dataset validation_a --format md
   harness leaderboard results --sweep routing --pixel-bootstrap 200   # intervals on pixel metrics too
 
 Every image-metric cell carries a 95% bootstrap interval over the test images (--bootstrap N
@@ -17,6 +18,9 @@ resamples, default 1000, stratified by class and label, --bootstrap-seed), and r
 test cannot tell from the best on the sort metric rank "≈1". Pixel metrics are resampled only
 with --pixel-bootstrap N: it reads every run's maps and the dataset's masks (about 1.5 to 3 s per
 run per 100 resamples on 2 cores), so it is off by default.
+
+A store whose cells span several datasets gives one leaderboard per dataset (--dataset picks one);
+the HTML format then writes one report per dataset, its name ending in the dataset's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ def add_arguments(parser) -> None:
         default=None,
         metavar="PATH",
         help="write to this file (md/csv default to stdout; html defaults to RESULTS/reports/leaderboard[-SWEEP].html)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="only this dataset's cells (default: every dataset, one leaderboard per dataset: rows are ranked within a dataset)",
     )
     parser.add_argument("--per-class", action="store_true", help="terminal: add per-class drill-down tables")
     parser.add_argument(
@@ -85,7 +95,7 @@ def _bootstrap_settings(args):
 def run(args) -> int:
     from rich.console import Console
 
-    from harness.report.leaderboard import METRIC_ORDER, build_leaderboard, metric_key
+    from harness.report.leaderboard import METRIC_ORDER, build_leaderboard, leaderboard_datasets, metric_key
     from harness.results.store import ResultStore
 
     errors = Console(stderr=True)
@@ -98,15 +108,20 @@ def run(args) -> int:
             highlight=False,
         )
         return 1
-    board = build_leaderboard(store, sweep=args.sweep, bootstrap=None)  # its metric names, for --sort
-    bootstrap = _bootstrap_settings(args)
-    sort_metric = metric_key(args.sort, (*METRIC_ORDER, *board.metrics))
-    if sort_metric is None:
-        valid = ", ".join(dict.fromkeys((*METRIC_ORDER, *board.metrics)))
-        errors.print(f"--sort {args.sort!r} is not a metric; use one of: {valid}.", markup=False, highlight=False, soft_wrap=True)
-        return 2
-    if sort_metric != board.sort_metric or bootstrap is not None:
-        board = build_leaderboard(store, sweep=args.sweep, sort_metric=sort_metric, bootstrap=bootstrap)
+    datasets = [args.dataset] if args.dataset else _datasets_to_show(store, args.sweep)
+    boards = []
+    for dataset in datasets:
+        board = build_leaderboard(store, sweep=args.sweep, bootstrap=None, dataset=dataset)  # its metric names, for --sort
+        bootstrap = _bootstrap_settings(args)
+        sort_metric = metric_key(args.sort, (*METRIC_ORDER, *board.metrics))
+        if sort_metric is None:
+            valid = ", ".join(dict.fromkeys((*METRIC_ORDER, *board.metrics)))
+            errors.print(f"--sort {args.sort!r} is not a metric; use one of: {valid}.", markup=False, highlight=False, soft_wrap=True)
+            return 2
+        if sort_metric != board.sort_metric or bootstrap is not None:
+            board = build_leaderboard(store, sweep=args.sweep, sort_metric=sort_metric, bootstrap=bootstrap, dataset=dataset)
+        boards.append(board)
+    board = boards[0]
     problems = store.problems()
     for problem in problems:
         errors.print(f"warning: left out {problem}", markup=False, highlight=False, soft_wrap=True)
@@ -116,10 +131,33 @@ def run(args) -> int:
             markup=False, soft_wrap=True,
         )
         return 1
-    if board.empty:
+    if all(b.empty for b in boards):
+        if args.dataset:
+            known = ", ".join(leaderboard_datasets(store, args.sweep)) or "none"
+            errors.print(f"No runs on dataset {args.dataset!r} in {store.root}; datasets with runs: {known}.", markup=False, soft_wrap=True)
+            return 1
         known = ", ".join(store.sweeps()) or "none"
         errors.print(f"No runs of sweep {args.sweep!r} in {store.root}; sweeps in this store: {known}.", markup=False)
         return 1
+    if args.format in ("terminal", "html"):
+        for board in boards:
+            _show(board, store, args, several=len(boards) > 1)
+        return 0
+    _write_text([_text(board, args.format) for board in boards], args.format, args.output)
+    return 0
+
+
+def _datasets_to_show(store, sweep: str | None) -> list[str | None]:
+    """One board per dataset when the cells span several; [None] (no filter) otherwise."""
+    from harness.report.leaderboard import leaderboard_datasets
+
+    found = leaderboard_datasets(store, sweep)
+    return found if len(found) > 1 else [None]
+
+
+def _show(board, store, args, several: bool) -> None:
+    """Print one dataset's board in the terminal or write its HTML report (one per dataset when ``several``)."""
+    from rich.console import Console
 
     if args.format == "terminal":
         from harness.report.terminal import render_terminal
@@ -128,26 +166,35 @@ def run(args) -> int:
         if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
             console = Console(width=200)
         render_terminal(board, console, per_class=args.per_class)
-        return 0
-    if args.format == "html":
-        from harness.report.final import default_html_path
-        from harness.report.html import write_html
+        return
+    from harness.report.final import default_html_path, for_dataset
+    from harness.report.html import write_html
 
-        path = write_html(board, store, Path(args.output) if args.output else default_html_path(store, args.sweep))
-        Console().print(f"HTML report: {path.resolve()}", markup=False, highlight=False)
-        return 0
-    if args.format == "md":
+    path = Path(args.output) if args.output else default_html_path(store, args.sweep)
+    path = write_html(board, store, for_dataset(path, board.dataset if several else None))
+    Console().print(f"HTML report: {path.resolve()}", markup=False, highlight=False)
+
+
+def _text(board, fmt: str) -> str:
+    if fmt == "md":
         from harness.report.markdown import render_markdown
 
-        text = render_markdown(board)
-    else:
-        from harness.report.csv_table import render_csv
+        return render_markdown(board)
+    from harness.report.csv_table import render_csv
 
-        text = render_csv(board)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text, encoding="utf-8")
-        Console(stderr=True).print(f"wrote {Path(args.output).resolve()}", markup=False, highlight=False)
+    return render_csv(board)
+
+
+def _write_text(texts: list[str], fmt: str, output: str | None) -> None:
+    """One document from one or more boards: Markdown sections one after another, CSV rows under one header."""
+    from rich.console import Console
+
+    if fmt == "csv":
+        texts = texts[:1] + [t.split("\n", 1)[1] if "\n" in t else "" for t in texts[1:]]
+    text = ("" if fmt == "csv" else "\n").join(texts)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text, encoding="utf-8")
+        Console(stderr=True).print(f"wrote {Path(output).resolve()}", markup=False, highlight=False)
     else:
         sys.stdout.write(text)
-    return 0

@@ -153,10 +153,16 @@ class Leaderboard:
     routing: list[dict] = field(default_factory=list)
     sort_metric: str = "i_auroc"
     bootstrap: BootstrapSettings | None = None  # None: no intervals or tie tests
+    dataset: str | None = None  # None: every dataset of the store
 
     @property
     def empty(self) -> bool:
         return not self.rows
+
+    @property
+    def title(self) -> str:
+        title = f"Leaderboard: sweep {self.sweep}" if self.sweep else "Leaderboard: all runs"
+        return f"{title} on {self.dataset}" if self.dataset else title
 
     def row(self, label: str) -> LeaderboardRow:
         for row in self.rows:
@@ -170,15 +176,14 @@ def build_leaderboard(
     sweep: str | None = None,
     sort_metric: str = "i_auroc",
     bootstrap: BootstrapSettings | None = BootstrapSettings(),
+    dataset: str | None = None,
 ) -> Leaderboard:
-    """Query the store into a Leaderboard (all sweeps when ``sweep`` is None); ``bootstrap=None`` skips intervals."""
-    trials = store.read("trials").to_pylist()
-    runs = store.read("runs").to_pylist()
-    if sweep is not None:
-        trials = [t for t in trials if t["sweep"] == sweep]
-        # A cell shared with another sweep (same run id) still belongs to this one.
-        cells = {(t["configuration_key"], t["seed"]) for t in trials}
-        runs = [r for r in runs if r["sweep"] == sweep or (r["configuration_key"], r["seed"]) in cells]
+    """Query the store into a Leaderboard (all sweeps when ``sweep`` is None, all datasets when
+    ``dataset`` is None: see ``leaderboard_datasets``); ``bootstrap=None`` skips intervals."""
+    trials, runs = _trials_and_runs(store, sweep)
+    if dataset is not None:
+        trials = [t for t in trials if _trial_dataset(t) == dataset]
+        runs = [r for r in runs if r["dataset"] == dataset]
 
     configs: dict[str, dict] = {}
     order: dict[str, int] = {}
@@ -261,6 +266,7 @@ def build_leaderboard(
         routing=routing_rows,
         sort_metric=sort_metric,
         bootstrap=bootstrap,
+        dataset=dataset,
     )
 
 
@@ -285,6 +291,30 @@ def _attach_uncertainty(ranked: list[LeaderboardRow], store: ResultStore, run_id
         uncertainties.append(found)
     for row, test in zip(ranked, ties_with_best(uncertainties, sort_metric, settings.confidence)):
         row.tie = test
+
+
+def _trials_and_runs(store: ResultStore, sweep: str | None) -> tuple[list[dict], list[dict]]:
+    trials = store.read("trials").to_pylist()
+    runs = store.read("runs").to_pylist()
+    if sweep is not None:
+        trials = [t for t in trials if t["sweep"] == sweep]
+        # A cell shared with another sweep (same run id) still belongs to this one.
+        cells = {(t["configuration_key"], t["seed"]) for t in trials}
+        runs = [r for r in runs if r["sweep"] == sweep or (r["configuration_key"], r["seed"]) in cells]
+    return trials, runs
+
+
+def _trial_dataset(trial: dict) -> str:
+    return json.loads(trial["config_json"]).get("dataset", "?")
+
+
+def leaderboard_datasets(store: ResultStore, sweep: str | None = None) -> list[str]:
+    """The datasets of a store's (or one sweep's) cells, in first-seen order: a leaderboard ranks
+    within one dataset, so a store holding several is shown as one board per dataset."""
+    trials, runs = _trials_and_runs(store, sweep)
+    found = [_trial_dataset(t) for t in sorted(trials, key=lambda t: (t["sweep"], t["trial_index"] or 0))]
+    found += [r["dataset"] for r in runs if r["configuration_key"] is not None]
+    return list(dict.fromkeys(found))
 
 
 def metric_key(name: str, known: Iterable[str]) -> str | None:

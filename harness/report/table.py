@@ -110,7 +110,7 @@ def format_efficiency(column: str, value: float | None) -> str:
 
 def report_heading(board: Leaderboard) -> tuple[str, str]:
     """The title and the one-line caption (source store, units, ranking) of every written report."""
-    title = f"Leaderboard: sweep {board.sweep}" if board.sweep else "Leaderboard: all runs"
+    title = board.title
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     spread = "mean ± std over seeds"
     if board.bootstrap is not None and any(row.intervals for row in board.rows):

@@ -40,7 +40,7 @@ def _rich_table(table: TextTable, title: str | None = None) -> Table:
 
 def render_terminal(board: Leaderboard, console: Console | None = None, per_class: bool = False) -> None:
     console = console or Console()
-    title = f"Leaderboard: sweep {board.sweep}" if board.sweep else "Leaderboard: all runs"
+    title = board.title
     if console.width >= WIDE_ENOUGH:
         table = leaderboard_table(board, TERMINAL_METRICS, TERMINAL_EFFICIENCY)
         console.print(_rich_table(table, f"{title}  ({board.store_root})"))
