@@ -25,6 +25,7 @@ from harness.training.feature_cache import (
     LevelAlignment,
     cached_features,
     extract_features,
+    owner_is_dead,
 )
 
 LEVELS = [1, 2, 3]
@@ -167,21 +168,14 @@ def test_a_stale_lock_is_taken_over(tmp_path, backbone, owner):
     assert not lock.exists() and not orphan.exists()  # released after publishing; the dead owner's staging removed
 
 
-def test_a_live_lock_is_not_taken_over(tmp_path):
-    cache = FeatureCache(tmp_path / "cache", stale_after=0.2, heartbeat_seconds=0.02, poll_seconds=0.01)
-    owner = EntryLock(tmp_path / "entry.lock", tmp_path / "staging", cache)
-    owner.acquire()
-    waiter = EntryLock(tmp_path / "entry.lock", tmp_path / "staging2", cache)
-    done = threading.Event()
-    thread = threading.Thread(target=lambda: (waiter.acquire(), done.set()))
-    thread.start()
-    try:
-        assert not done.wait(1.0)  # five stale periods: the heartbeat keeps the owner's lock
-    finally:
-        owner.release()
-    thread.join(60)
-    assert done.is_set()
-    waiter.release()
+def test_only_a_dead_process_on_this_host_counts_as_a_dead_owner(tmp_path):
+    import socket
+
+    owner = EntryLock(tmp_path / "entry.lock", tmp_path / "staging", FeatureCache(tmp_path))
+    live = owner.content()  # this process
+    elsewhere = json.dumps({**json.loads(live), "host": "node-elsewhere", "pid": _dead_pid()})
+    dead_here = json.dumps({**json.loads(live), "host": socket.gethostname(), "pid": _dead_pid()})
+    assert [owner_is_dead(c) for c in (live, elsewhere, dead_here, "{half-writ")] == [False, False, True, False]
 
 
 def test_float16_storage_error_on_real_lite0_features_is_within_the_stated_bound(tmp_path):
@@ -199,6 +193,7 @@ def test_float16_storage_error_on_real_lite0_features_is_within_the_stated_bound
         assert (error[normal] / np.abs(level[normal])).max() <= 2.0**-11
         assert error[~normal].max(initial=0.0) <= 2.0**-25
         assert 0 < error.max()  # float16 does round: the bound is not vacuous
+    assert all(isinstance(level, np.memmap) and not level.flags.writeable for level in stored["float16"].levels)  # read in place
     rows = stored["float16"].rows([1, 3])
     assert all(r.dtype == torch.float32 and r.shape[0] == 2 for r in rows)  # what the methods consumed before
 
