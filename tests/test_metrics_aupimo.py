@@ -267,3 +267,69 @@ def test_distinct_keys_count_float16_and_float32_alike():
     keys32, counts32 = distinct_keys(values + np.float32(1e-7) * np.array([0, 0, 0, 0, 1], dtype=np.float32))
     assert counts16.tolist() == [2, 2, 1] and counts32.tolist() == [2, 2, 1]
     assert np.array_equal(keys16[:2], keys32[:2]) and isinstance(AnomalousImage("x", keys16, counts16).keys, np.ndarray)
+
+
+# ------------------------------------------------------------------ stored per image, shown in the report
+
+
+def write_aupimo_store(root) -> "ResultStore":
+    """Two configurations, one seed, two classes of blob images; metric rows and per-image AUPIMO from the
+    harness's own accumulators, written through the result store."""
+    from harness.metrics import MetricAccumulator
+    from harness.results import ResultStore, TrialResult
+
+    store = ResultStore(root)
+    for k, (mode, lift) in enumerate({"softmax": 1.5, "first": 0.5}.items()):
+        metrics, samples = MetricAccumulator(), []
+        overlaps = AupimoAccumulator()
+        for c, name in enumerate(("bottle", "grid")):
+            maps, masks, labels, _ = blob_images(20 + 2 * k + c, size=128)
+            maps = (maps + np.float16(lift) * masks).astype(np.float16)
+            ids = [f"{name}/test/{i:03d}" for i in range(len(maps))]
+            scores = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
+            metrics.update(scores, labels, maps, masks, name, sample_ids=ids)
+            overlaps.update(maps, masks, labels, name, sample_ids=ids)
+            samples += [{"sample_id": i, "class_name": name, "defect_type": "blob" if y else "good", "label": int(y),
+                         "score": float(s)} for i, y, s in zip(ids, labels, scores)]
+        per_image = overlaps.per_image()
+        rows = [{"class_name": r.class_name, "metric": r.metric, "value": r.value, "note": r.note}
+                for r in (*metrics.compute().rows, *overlaps.rows())]
+        config = {"method": "unilead", "preset": "cpu", "dataset": "mvtec_ad", "seed": 0, "method_config": {"routing": mode}}
+        run = {"run_id": f"{mode}-0", "sweep": "routing", "method": "unilead", "preset": "cpu", "dataset": "mvtec_ad",
+               "seed": 0, "config_json": config}
+        store.write_run(TrialResult(run, rows, [{**s, "aupimo": per_image.get(s["sample_id"])} for s in samples]))
+    return store
+
+
+def test_per_image_aupimo_is_stored_and_older_files_read_as_null(tmp_path):
+    import pyarrow.parquet as pq
+
+    store = write_aupimo_store(tmp_path / "results")
+    rows = store.read("sample_scores", ["softmax-0"]).to_pylist()
+    anomalous = [r for r in rows if r["label"] == 1]
+    assert len(anomalous) == 12 and all(0.0 <= r["aupimo"] <= 1.0 for r in anomalous)
+    assert all(r["aupimo"] is None for r in rows if r["label"] == 0)
+    stored_mean = {(r["class_name"]): r["value"] for r in store.read("metrics", ["softmax-0"]).to_pylist() if r["metric"] == AUPIMO}
+    for name in ("bottle", "grid"):
+        assert stored_mean[name] == pytest.approx(np.mean([r["aupimo"] for r in anomalous if r["class_name"] == name]), abs=1e-15)
+    path = tmp_path / "results" / "sample_scores" / "first-0.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["aupimo"]), path)  # as written before schema 3
+    assert store.completed_run_ids() == {"softmax-0", "first-0"}
+    assert {r["aupimo"] for r in store.read("sample_scores", ["first-0"]).to_pylist()} == {None}
+
+
+def test_report_has_an_aupimo_column_and_a_per_image_distribution(tmp_path):
+    from harness.report.html import per_image_aupimo, render_html
+    from harness.report.leaderboard import build_leaderboard
+    from harness.report.table import leaderboard_table, metric_title
+
+    store = write_aupimo_store(tmp_path / "results")
+    board = build_leaderboard(store, bootstrap=None)
+    assert AUPIMO in board.metrics and metric_title(AUPIMO) in leaderboard_table(board).headers
+    softmax, first = board.row("routing=softmax"), board.row("routing=first")
+    assert softmax.metrics[AUPIMO].mean > first.metrics[AUPIMO].mean  # the higher lift overlaps more at low FPR
+    values = per_image_aupimo(board, store)
+    assert list(values) == ["bottle", "grid"] and all(len(v) == 6 for by in values.values() for v in by.values())
+    page = render_html(board, store)
+    section = page[page.index("<h2>Per-image AUPIMO</h2>"):]
+    assert section[: section.index("<h2>", 5)].count("<img ") == 2

@@ -75,6 +75,7 @@ def render_html(board: Leaderboard, store: ResultStore) -> str:
         *_reference_check_section(board),
         *_plot_section(board),
         *_routing_section(board),
+        *_aupimo_section(board, store),
         *_gallery_section(board, store),
         *_per_class_section(board),
         *_provenance_section(board, store),
@@ -190,6 +191,42 @@ def _plot_section(board: Leaderboard) -> list[str]:
     elif column == "flops_reconstruction_g":
         parts.append("<p class='note'>GFLOPs on the x axis: the trainable parameters barely change between rows.</p>")
     return parts
+
+
+MAX_DISTRIBUTION_CONFIGURATIONS = len(plots.PALETTE)
+
+
+def per_image_aupimo(board: Leaderboard, store: ResultStore) -> dict[str, dict[str, list[float]]]:
+    """Class -> configuration label -> the AUPIMO of every anomalous image over its complete runs (best rows first)."""
+    rows = [row for row in board.rows if row.complete_run_ids][:MAX_DISTRIBUTION_CONFIGURATIONS]
+    label_of = {run_id: row.label for row in rows for run_id in row.complete_run_ids}
+    found: dict[str, dict[str, list[float]]] = {}
+    if not label_of:
+        return found
+    for score in store.read("sample_scores", run_ids=list(label_of)).to_pylist():
+        if score["aupimo"] is not None and not np.isnan(score["aupimo"]):
+            by_label = found.setdefault(score["class_name"], {label: [] for label in dict.fromkeys(label_of.values())})
+            by_label[label_of[score["run_id"]]].append(score["aupimo"])
+    return dict(sorted(found.items()))
+
+
+def _aupimo_section(board: Leaderboard, store: ResultStore) -> list[str]:
+    per_class = per_image_aupimo(board, store)
+    if not per_class:
+        if "aupimo" not in board.metrics:
+            return []
+        return ["<h2>Per-image AUPIMO</h2>", "<p class='note'>No per-image AUPIMO stored (sample_scores.aupimo, result "
+                "schema 3): the runs predate it or no class had enough normal pixels to define it.</p>"]
+    overall = {"all classes": {label: [v for by_label in per_class.values() for v in by_label[label]]
+                               for label in next(iter(per_class.values()))}}
+    images = [_img(plots.per_image_distribution(overall, "Per-image AUPIMO by configuration", "AUPIMO"), "AUPIMO by configuration"),
+              _img(plots.per_image_distribution(per_class, "Per-image AUPIMO by class", "AUPIMO"), "AUPIMO by class")]
+    return ["<h2>Per-image AUPIMO</h2>",
+            "<p class='note'>AUPIMO of every anomalous test image (anomalib's PIMO: the image's TPR over the shared FPR "
+            "of the class's normal images, averaged over ln FPR in [1e-5, 1e-4]), all complete seeds pooled. Boxes: "
+            "quartiles and median, whiskers to 1.5 IQR; dots: images. The table's AUPIMO is the mean of these per "
+            "class, then over classes.</p>",
+            f"<div class='plots'>{''.join(images)}</div>"]
 
 
 def _routing_section(board: Leaderboard) -> list[str]:

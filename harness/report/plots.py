@@ -8,7 +8,8 @@
 - routing: expert usage per class, selection frequency and gate weight per layer, router entropy
   per layer and class;
 - a gallery: the image with its ground-truth outline, and per configuration the map overlaid with
-  a colour bar and the map thresholded at the run's pixel F1-max threshold.
+  a colour bar and the map thresholded at the run's pixel F1-max threshold;
+- per-image AUPIMO: a box per configuration (and per class) with every anomalous image as a dot.
 """
 
 from __future__ import annotations
@@ -321,6 +322,42 @@ def _draw_column(overlay_axes, threshold_axes, sample: GallerySample, k: int, co
     predicted = np.ma.masked_where(values < column.threshold, np.ones_like(values))
     threshold_axes.imshow(predicted, cmap=matplotlib.colors.ListedColormap(["#ff1744"]), vmin=0, vmax=1, alpha=0.65)
     threshold_axes.set_title(f"map ≥ {column.threshold:.3g}\n(F1-max threshold)", fontsize=6)
+
+
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+
+
+def per_image_distribution(groups: dict[str, dict[str, list[float]]], title: str, axis_title: str) -> bytes | None:
+    """Groups along x (classes, or one group), within each a box per configuration (colour) over its
+    per-image values in [0, 1], drawn in percent: quartiles, whiskers at 1.5 IQR, every image a dot."""
+    labels = list(dict.fromkeys(label for by_label in groups.values() for label, values in by_label.items() if values))
+    if not labels:
+        return None
+    width = len(labels) + 1
+    figure, axes = plt.subplots(figsize=(min(13.0, 2.0 + 0.45 * width * len(groups)), 3.8))
+    jitter = np.random.default_rng(0)  # fixed: the same page for the same store
+    labelled: set[str] = set()
+    for i, by_label in enumerate(groups.values()):
+        for k, label in enumerate(labels):
+            values = 100 * np.asarray(by_label.get(label, []), dtype=float)
+            if not len(values):
+                continue
+            x = i * width + k
+            colour = PALETTE[k % len(PALETTE)]
+            axes.boxplot(values, positions=[x], widths=0.7, showfliers=False, patch_artist=True,
+                         boxprops={"facecolor": colour, "alpha": 0.3}, medianprops={"color": colour})
+            axes.scatter(x + jitter.uniform(-0.22, 0.22, len(values)), values, s=7, color=colour, alpha=0.8, zorder=3,
+                         label=None if label in labelled else label)
+            labelled.add(label)
+    axes.set_xticks([i * width + (len(labels) - 1) / 2 for i in range(len(groups))], list(groups), fontsize=8,
+                    rotation=30 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
+    axes.set_ylim(-2.0, 102.0)
+    axes.set_ylabel(f"{axis_title} (%)")
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14 if len(groups) <= 6 else -0.3),
+                ncol=min(4, len(labels)), frameon=False)
+    return _png(figure)
 
 
 def expert_family(name: str) -> str:
