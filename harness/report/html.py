@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.metrics.table import AUPIMO
 from harness.report import plots
 from harness.report.leaderboard import Leaderboard, LeaderboardRow
 from harness.report.table import (
@@ -204,16 +205,16 @@ def per_image_aupimo(board: Leaderboard, store: ResultStore) -> dict[str, dict[s
     if not label_of:
         return found
     for score in store.read("sample_scores", run_ids=list(label_of)).to_pylist():
-        if score["aupimo"] is not None and not np.isnan(score["aupimo"]):
+        if score[AUPIMO] is not None and not np.isnan(score[AUPIMO]):
             by_label = found.setdefault(score["class_name"], {label: [] for label in dict.fromkeys(label_of.values())})
-            by_label[label_of[score["run_id"]]].append(score["aupimo"])
+            by_label[label_of[score["run_id"]]].append(score[AUPIMO])
     return dict(sorted(found.items()))
 
 
 def _aupimo_section(board: Leaderboard, store: ResultStore) -> list[str]:
     per_class = per_image_aupimo(board, store)
     if not per_class:
-        if "aupimo" not in board.metrics:
+        if AUPIMO not in board.metrics:
             return []
         return ["<h2>Per-image AUPIMO</h2>", "<p class='note'>No per-image AUPIMO stored (sample_scores.aupimo, result "
                 "schema 3): the runs predate it or no class had enough normal pixels to define it.</p>"]

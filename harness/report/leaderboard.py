@@ -39,11 +39,11 @@ from harness.results.schema import STATUS_COMPLETE, STATUS_FAILED
 from harness.results.store import DAMAGED, ResultStore
 
 METRIC_ORDER = (
-    "i_auroc", "p_auroc", "aupro", "i_ap", "p_ap", "i_f1max", "p_f1max", "aupro_05", "aupro_01",
+    "i_auroc", "p_auroc", "aupro", "i_ap", "p_ap", "i_f1max", "p_f1max", "aupro_05", "aupro_01", "aupimo",
 )
 METRIC_TITLES = {
     "i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "aupro": "AUPRO", "i_ap": "I-AP", "p_ap": "P-AP",
-    "i_f1max": "I-F1max", "p_f1max": "P-F1max", "aupro_05": "AUPRO@5%", "aupro_01": "AUPRO@1%",
+    "i_f1max": "I-F1max", "p_f1max": "P-F1max", "aupro_05": "AUPRO@5%", "aupro_01": "AUPRO@1%", "aupimo": "AUPIMO",
 }
 EFFICIENCY_COLUMNS = (
     "params_trainable", "params_total", "params_reconstruction", "flops_reconstruction_g",
