@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from functools import reduce
 
@@ -186,7 +187,8 @@ def test_shards_in_any_order_give_identical_values():
     single = accumulated(maps, masks, labels, ids)
     cuts = [0, 1, 5, 6, 11, len(maps)]
     shards = [accumulated(maps[a:b], masks[a:b], labels[a:b], ids[a:b], batch=2) for a, b in zip(cuts, cuts[1:])]
-    for merged in (reduce(AupimoAccumulator.merge, shards), reduce(AupimoAccumulator.merge, shards[::-1]),
+    shipped = [pickle.loads(pickle.dumps(shard)) for shard in shards]  # as Ray moves them between workers
+    for merged in (reduce(AupimoAccumulator.merge, shards), reduce(AupimoAccumulator.merge, shipped[::-1]),
                    shards[3].merge(shards[0]).merge(shards[4].merge(shards[2].merge(shards[1])))):
         assert merged.per_image() == single.per_image()
         assert merged.rows() == single.rows()
