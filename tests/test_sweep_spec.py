@@ -82,7 +82,7 @@ def test_all_problems_are_reported_together_with_key_value_and_expectation(tmp_p
     found = {issue.key: str(issue) for issue in caught.value.issues}
     assert found["extra"].startswith("extra: got 1; expected one of the top-level keys name, description")
     assert found["name"] == "name: got 'bad name'; expected a sweep name of letters, digits, '_', '-' or '.' (it names the sweep in the store)"
-    assert "expected one of method, preset, dataset, data_root, classes, expect, method_config" in found["base.epochs"]
+    assert "expected one of method, preset, dataset, data_root, classes, expect, dataset_options, method_config" in found["base.epochs"]
     assert found["axes.method_config.lr.loguniform"] == (
         "axes.method_config.lr.loguniform: got [0, 0.001]; expected 0 < low < high (a log scale needs positive bounds)"
     )

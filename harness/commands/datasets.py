@@ -8,11 +8,13 @@ Examples:
   harness datasets show visa
   harness datasets verify /data/mvtec_anomaly_detection --dataset mvtec_ad
   harness datasets verify /data/VisA --dataset visa --classes candle,pcb1 --no-pixels
+  harness datasets verify /data/Real-IAD --dataset real_iad --option views=C1 --option json_dir=realiad_jsons_sv
   harness datasets prepare embedded --seed 0
   harness datasets prepare embedded_v3 --seed 1
   harness datasets prepare embedded_3d
   harness datasets prepare validation_a
   harness datasets fixture mvtec_loco /tmp/loco_fixture --variant missing_mask
+  harness datasets fixture real_iad /tmp/real_iad_fixture
   harness datasets prepare-components embedded --method anomalymoe --preset cpu
 """
 
@@ -31,6 +33,8 @@ NAME = "datasets"
 HELP = "list dataset cards, verify a dataset root, prepare the embedded datasets"
 
 SMALL_DATASET = 200  # samples; below this no progress bar is drawn
+FIXTURE_LAYOUTS = ("mvtec_ad", "visa", "mvtec_loco", "mvtec_3d", "generic")  # harness.data.fixtures.write_fixture
+REAL_IAD = "real_iad"  # harness.data.fixtures.write_real_iad_fixture (no planted variants)
 GENERATED_BUILDERS = {  # dataset -> (module, function(seed=, force=) -> root)
     "embedded": ("harness.data.embedded", "prepare_embedded"),
     "embedded_v3": ("harness.data.embedded", "prepare_embedded_v3"),
@@ -60,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--dataset", required=True, help="dataset name (its card picks the layout); 'generic' for your own MVTec-like data")
     verify.add_argument("--classes", help="comma-separated subset of classes (if you downloaded only some)")
     verify.add_argument("--expect", type=Path, metavar="CARD.yaml", help="a card whose classes and counts replace the bundled card's")
+    _add_layout_option(verify)
     verify.add_argument("--no-pixels", action="store_true", help="check structure and counts only; do not decode every file")
 
     prepare = sub.add_parser("prepare", help="build a dataset that the harness generates itself",
@@ -76,11 +81,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fixture = sub.add_parser("fixture", help="write a tiny dataset in an official layout (to see or test a layout)",
                              description="Write a tiny dataset (32x32 images) in LAYOUT under DIR, plus DIR/expected_card.yaml "
                                          "for `harness datasets verify DIR --dataset ... --expect DIR/expected_card.yaml`.")
-    fixture.add_argument("layout", choices=["mvtec_ad", "visa", "mvtec_loco", "mvtec_3d", "generic"], help="on-disk layout")
+    fixture.add_argument("layout", choices=[*FIXTURE_LAYOUTS, REAL_IAD], help="on-disk layout")
     fixture.add_argument("dir", type=Path, help="where to write it (must be empty or absent)")
-    fixture.add_argument("--variant", choices=["missing_mask", "misnamed_class", "corrupt_image"], help="plant one problem")
+    fixture.add_argument("--variant", choices=["missing_mask", "misnamed_class", "corrupt_image"],
+                         help=f"plant one problem (layouts {', '.join(FIXTURE_LAYOUTS)})")
     fixture.add_argument("--seed", type=int, default=0, help="random seed of the pixel content")
     fixture.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+
+
+def _add_layout_option(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the dataset's layout (YAML value), repeatable; Real-IAD: views=C1,C2, "
+                             f"json_dir=realiad_jsons_sv, image_dir=realiad_512{'; ' + note if note else ''}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,9 +174,10 @@ def _counts_table(found, expected, title: str) -> Table:
 
 
 def _verify(console: Console, args: argparse.Namespace) -> int:
+    from harness.commands._options import assigned_values, comma_list
     from harness.data.verify import verify_dataset
 
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    classes = comma_list(args.classes)
     started = time.perf_counter()
     with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
@@ -179,7 +192,7 @@ def _verify(console: Console, args: argparse.Namespace) -> int:
             progress.update(task, completed=done)
 
         report = verify_dataset(args.dataset, args.root, classes=classes, expected=args.expect,
-                                check_pixels=not args.no_pixels, on_progress=advance)
+                                options=assigned_values(args.options), check_pixels=not args.no_pixels, on_progress=advance)
     expected = {c: dict(report.card.classes[c].counts) for c in report.counts if c in report.card.classes}
     has_counts = any(expected.values())
     console.print(_counts_table(report.counts, expected if has_counts else None,
@@ -222,9 +235,16 @@ def _prepare(console: Console, args: argparse.Namespace) -> int:
 
 
 def _fixture(console: Console, args: argparse.Namespace) -> int:
-    from harness.data.fixtures import write_fixture
+    from harness.config import ConfigError
+    from harness.data.fixtures import write_fixture, write_real_iad_fixture
 
-    info = write_fixture(args.layout, args.dir, seed=args.seed, size=args.size, variant=args.variant)
+    if args.layout == REAL_IAD:
+        if args.variant is not None:
+            raise ConfigError(f"--variant {args.variant}: the real_iad fixture plants no problems; "
+                              f"variants are for the layouts {', '.join(FIXTURE_LAYOUTS)}")
+        info = write_real_iad_fixture(args.dir, seed=args.seed, size=args.size)
+    else:
+        info = write_fixture(args.layout, args.dir, seed=args.seed, size=args.size, variant=args.variant)
     card_path = info.write_card(info.root / "expected_card.yaml")
     console.print(_counts_table(info.counts, None, f"{args.layout} fixture at {info.root}"))
     if info.broken is not None:
@@ -237,7 +257,14 @@ def _fixture(console: Console, args: argparse.Namespace) -> int:
 
 COMPONENT_OPTIONS = {"backbone": "--backbone", "level": "--level", "image_size": "--image-size", "mask_size": "--mask-size",
                      "clusters": "--clusters", "coreset_fraction": "--coreset-fraction", "weights": "--weights", "seed": "--seed",
-                     "dataset": "DATASET", "data_root": "--data-root", "classes": "--classes", "method": "--method", "preset": "--preset"}
+                     "dataset": "DATASET", "data_root": "--data-root", "classes": "--classes", "method": "--method", "preset": "--preset",
+                     "dataset_options": "--option"}
+
+
+def _component_option_name(key: str) -> str:
+    """The option of prepare-components that sets a key: ``dataset_options.views`` -> ``--option views``."""
+    top, dot, rest = key.partition(".")
+    return f"--option {rest}" if dot and top == "dataset_options" else COMPONENT_OPTIONS.get(key, key)
 
 
 def _add_prepare_components(sub) -> None:
@@ -250,6 +277,7 @@ def _add_prepare_components(sub) -> None:
     components.add_argument("dataset", help="dataset name (see `harness datasets list`), e.g. embedded")
     components.add_argument("--data-root", default=None, help="dataset root folder (not needed for the embedded dataset)")
     components.add_argument("--classes", default=None, help="comma-separated subset of classes")
+    _add_layout_option(components, "the same options as the training run's --dataset-option, so its cache entry is the run's")
     components.add_argument("--method", default="anomalymoe", help="the method whose component_spec() to use (default anomalymoe)")
     components.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="the method's preset (default cpu)")
     components.add_argument("--backbone", default=None, help="timm backbone name, e.g. tf_efficientnet_lite0")
@@ -291,23 +319,24 @@ def _component_spec_from(args: argparse.Namespace):
         spec = ComponentSpec(**explicit)
     issues = component_spec_issues(spec)
     if issues:
-        raise ConfigProblems(source, renamed(issues, lambda key: COMPONENT_OPTIONS.get(key, key)))
+        raise ConfigProblems(source, renamed(issues, _component_option_name))
     return spec
 
 
 def _prepare_components(console: Console, args: argparse.Namespace) -> int:
-    from harness.commands._options import comma_list
+    from harness.commands._options import assigned_values, comma_list
     from harness.components import component_masks
     from harness.config import ConfigProblems, renamed
     from harness.data.registry import load_dataset
     from harness.training.trial_config import dataset_issues
 
     classes = comma_list(args.classes)
-    issues = dataset_issues(args.dataset, args.data_root, classes, None)
+    options = assigned_values(args.options)
+    issues = dataset_issues(args.dataset, args.data_root, classes, None, options)
     if issues:
-        raise ConfigProblems("harness datasets prepare-components", renamed(issues, lambda key: COMPONENT_OPTIONS.get(key, key)))
+        raise ConfigProblems("harness datasets prepare-components", renamed(issues, _component_option_name))
     spec = _component_spec_from(args)
-    index = load_dataset(args.dataset, args.data_root, classes=classes)
+    index = load_dataset(args.dataset, args.data_root, classes=classes, options=options)
     fingerprint = index.fingerprint()
     console.print(f"component masks of {index.name} with {spec}", soft_wrap=True, highlight=False)
     splits = {split: index.split(split) for split in ("train", "test")}

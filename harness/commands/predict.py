@@ -2,7 +2,8 @@
 (and, for feature input, its backbone with the same weights) rebuilt, then per-image maps and a
 scores CSV written to an output folder.
 
-Images are files or folders (searched recursively; ground_truth, gt and xyz folders are skipped).
+Images are files or folders (searched recursively; ground_truth, gt and xyz folders are skipped, and
+so is a png beside a jpg of the same stem: Real-IAD keeps each view's mask next to it).
 Images that are samples of the run's dataset keep their sample ids, classes and labels; the rest
 take their class from --class, a folder named after one of the run's classes, or the run's only
 class. Images are scored in sample-id order, in the loop's fixed evaluation batches (the run's
@@ -115,10 +116,10 @@ def stored_run(results: str, run_id: str) -> StoredRun:
 def run_dataset(stored: StoredRun):
     """The run's dataset as the loop indexed it, or None when it cannot be read or has changed since."""
     from harness.data import load_dataset
+    from harness.training.trial_config import dataset_arguments
 
-    trial = stored.trial
     try:
-        index = load_dataset(trial["dataset"], trial.get("data_root"), classes=trial.get("classes"), expected=trial.get("expect"))
+        index = load_dataset(**dataset_arguments(stored.trial))
     except (ValueError, OSError):  # dataset, card and config errors: the images are scored as new ones
         return None
     return index if index.fingerprint() == stored.row["dataset_fingerprint"] else None
@@ -137,13 +138,18 @@ def image_files(arguments: list[str]) -> list[tuple[str, Path]]:
         elif path.is_dir():
             for image in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
                 relative = image.relative_to(path)
-                if not image.name.startswith(".") and not set(relative.parts[:-1]) & set(SKIPPED_FOLDERS):
+                if not image.name.startswith(".") and not set(relative.parts[:-1]) & set(SKIPPED_FOLDERS) and not _mask_beside_jpg(image):
                     found.append(((Path(path.resolve().name) / relative.with_suffix("")).as_posix(), image))
         else:
             raise ConfigError(f"IMAGE {argument}: no such file or folder")
     if not found:
         raise ConfigError(f"IMAGE {' '.join(arguments)}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
     return found
+
+
+def _mask_beside_jpg(path: Path) -> bool:
+    """A png with a jpg of its stem in the same folder: a Real-IAD mask, not an image to score."""
+    return path.suffix.lower() == ".png" and any(path.with_suffix(suffix).is_file() for suffix in (".jpg", ".jpeg", ".JPG"))
 
 
 def image_samples(arguments: list[str], stored: StoredRun, index, class_name: str | None):

@@ -9,6 +9,7 @@ Examples:
   harness sweep sweeps/routing.yaml --dry-run
   harness sweep sweeps/routing.yaml
   harness sweep sweeps/bottlenecks.yaml --dataset mvtec_ad --data-root /data/mvtec_ad --preset paper
+  harness sweep sweeps/routing.yaml --dataset real_iad --data-root /data/Real-IAD --dataset-option views=C1
   harness sweep sweeps/routing.yaml --set epochs=2 --override "seeds=[0,1,2]" --results /shared/results
   harness sweep sweeps/routing.yaml --address auto --results /nfs/results   # on a `ray start` cluster
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.commands._options import add_method_set_option, comma_list
+from harness.commands._options import add_dataset_option, add_method_set_option, assigned_values, comma_list
 
 NAME = "sweep"
 HELP = "run (or --dry-run) a sweep file on Ray Tune; results go to the result store"
@@ -37,6 +38,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-root", default=None, help="override base.data_root: the dataset's root folder")
     parser.add_argument("--preset", default=None, help="override base.preset: paper or cpu")
     parser.add_argument("--classes", default=None, help="override base.classes: comma-separated class subset")
+    add_dataset_option(parser)  # sets base.dataset_options.KEY (and drops an axis of that key)
     parser.add_argument(
         "--address",
         default=None,
@@ -66,6 +68,7 @@ def load_spec_from_args(args):
         "preset": args.preset,
         "classes": comma_list(args.classes),
         "results": args.results,
+        **{f"dataset_options.{key}": value for key, value in assigned_values(args.dataset_options).items()},
     }
     assignments = [f"method_config.{text}" for text in args.method_sets] + list(args.overrides)
     return load_sweep(args.file, overrides=overrides, assignments=assignments)
@@ -114,15 +117,16 @@ def check_sweep_datasets(spec, console) -> None:
     """The pre-training dataset checks, once per distinct dataset of the sweep, in the driver before Ray starts."""
     from harness.data.verify import check_trial_dataset
     from harness.training.progress import dataset_step_text
+    from harness.training.trial_config import dataset_arguments
 
     seen = set()
     for trial in spec.trials():
-        c = trial.config
-        key = repr((c["dataset"], c.get("data_root"), c.get("classes"), c.get("expect")))
+        arguments = dataset_arguments(trial.config)
+        key = repr(arguments)
         if key not in seen:
             seen.add(key)
-            with console.status(dataset_step_text(c["dataset"], c.get("data_root"))):
-                check_trial_dataset(c["dataset"], c.get("data_root"), classes=c.get("classes"), expected=c.get("expect"))
+            with console.status(dataset_step_text(arguments["name"], arguments["root"])):
+                check_trial_dataset(**arguments)
 
 
 def print_dry_run(spec, console, resolve_ids: bool = False) -> int:

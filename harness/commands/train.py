@@ -6,6 +6,7 @@ Examples:
   harness train --method uniad --dataset mvtec_ad --data-root /data/mvtec_ad --preset paper
   harness train --method unilead --set routing=top1 --set epochs=3 --json
   harness train --method uniad --set epochs=1 --results results   # a run the leaderboard and predict can read
+  harness train --method patchcore --dataset real_iad --data-root /data/real_iad --dataset-option views=C1,C2
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.commands._options import add_method_set_option, comma_list, method_overrides, option_name
+from harness.commands._options import add_dataset_option, add_method_set_option, assigned_values, comma_list, method_overrides, option_name
 
 NAME = "train"
 HELP = "train and evaluate one method in this process"
@@ -27,6 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-root", default=None, help="dataset root folder (not needed for the embedded dataset)")
     parser.add_argument("--classes", default=None, help="comma-separated subset of classes")
     parser.add_argument("--expect", default=None, metavar="CARD.yaml", help="a card whose classes and counts replace the bundled card's (partial copies, fixtures)")
+    add_dataset_option(parser)
     parser.add_argument("--seed", type=int, default=0)
     add_method_set_option(parser, example="routing=top1 --set bottlenecks=[16,32]")
     parser.add_argument(
@@ -61,7 +63,7 @@ def torch_threads(requested: int | None) -> int:
 
 def trial_from_args(args) -> dict:
     """The trial config the command line asks for, validated (every problem at once, named by option)."""
-    from harness.training.trial_config import check_trial
+    from harness.training.trial_config import check_trial, with_canonical_options
 
     config = {
         "method": args.method,
@@ -70,11 +72,12 @@ def trial_from_args(args) -> dict:
         "data_root": args.data_root,
         "classes": comma_list(args.classes),
         "expect": args.expect,
+        "dataset_options": assigned_values(args.dataset_options),
         "seed": args.seed,
         "method_config": method_overrides(args.overrides),
     }
     check_trial(config, "harness train", name_of=option_name)
-    return config
+    return with_canonical_options(config)
 
 
 def run(args) -> int:
@@ -84,12 +87,13 @@ def run(args) -> int:
     from harness.data.verify import check_trial_dataset
     from harness.training.loop import TrainingDiverged, run_training
     from harness.training.progress import TrainingProgress, dataset_step_text
+    from harness.training.trial_config import dataset_arguments
 
     console = Console(stderr=True)
     config = trial_from_args(args)
     torch_threads(args.threads)
     with console.status(dataset_step_text(config["dataset"], config["data_root"])):
-        check_trial_dataset(config["dataset"], config["data_root"], classes=config["classes"], expected=config["expect"])
+        check_trial_dataset(**dataset_arguments(config))
     try:
         with TrainingProgress(console) as progress:
             outcome = run_training(config, on_progress=progress.update, use_feature_cache=not args.no_feature_cache, output_dir=args.output)
@@ -122,13 +126,15 @@ def percent(values: dict) -> dict:
 
 
 def sweep_trial_config(config: dict) -> dict:
-    """The trial as a sweep expands it (no ``expect`` key unless one is given), so the run id matches."""
+    """The trial as a sweep expands it (no ``expect`` or ``dataset_options`` key unless given), so the run id matches."""
     keys = ("method", "preset", "dataset", "data_root", "classes", "method_config", "seed")
     trial = {key: config[key] for key in keys}
     if trial["data_root"]:
         trial["data_root"] = str(Path(trial["data_root"]).expanduser().resolve())  # as the sweep driver does
     if config.get("expect") is not None:
         trial["expect"] = config["expect"]
+    if config.get("dataset_options"):
+        trial["dataset_options"] = config["dataset_options"]
     return trial
 
 

@@ -52,10 +52,11 @@ class VerifyReport:
         return not self.errors
 
 
-def verify_dataset(name: str, root: str | Path, *, classes=None, expected=None, check_pixels: bool = True,
+def verify_dataset(name: str, root: str | Path, *, classes=None, expected=None, options=None, check_pixels: bool = True,
                    on_progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    """Verify a root read as dataset ``name``; on_progress(done, total) follows the pixel decoding."""
-    scan = scan_dataset(name, root, classes=classes, expected=expected)
+    """Verify a root read as dataset ``name`` with the layout's ``options`` (Real-IAD: views, json_dir,
+    image_dir); on_progress(done, total) follows the pixel decoding."""
+    scan = scan_dataset(name, root, classes=classes, expected=expected, options=options)
     samples = scan.layout.samples
     report = VerifyReport(scan.card, scan.root, count_samples(samples), list(scan.problems))
     if check_pixels:
@@ -129,9 +130,9 @@ def _size_problems(sample: Sample, shapes: dict[Path, tuple], size: tuple[int, i
 # ---------------------------------------------------------------- before training
 
 
-def check_trial_dataset(dataset: str, root, *, classes=None, expected=None) -> DatasetIndex:
+def check_trial_dataset(name: str, root, *, classes=None, expected=None, options=None) -> DatasetIndex:
     """Index the dataset (structure and counts: load_dataset) and run check_before_training on it."""
-    index = load_dataset(dataset, root, classes=classes, expected=expected)
+    index = load_dataset(name, root, classes=classes, expected=expected, options=options)
     check_before_training(index)
     return index
 
@@ -157,13 +158,25 @@ def _empty_split_problems(index: DatasetIndex) -> list[Problem]:
     if not index.samples:
         return [Problem("empty-split", f"{index.root}: no images found for dataset {index.name!r}", str(index.root))]
     present = {(s.class_name, s.split) for s in index.samples}
-    return [
-        Problem("empty-split", f"class {cls!r} has no {split} images (expected images under {index.root / cls / split})",
-                str(index.root / cls / split), class_name=cls, split=split)
-        for cls in index.classes
-        for split in ("train", "test")
-        if (cls, split) not in present
-    ]
+    problems = []
+    for cls in index.classes:
+        for split in ("train", "test"):
+            if (cls, split) not in present:
+                where, expected = _split_source(index, cls, split)
+                problems.append(Problem("empty-split", f"class {cls!r} has no {split} images ({expected})", str(where),
+                                        class_name=cls, split=split))
+    return problems
+
+
+def _split_source(index: DatasetIndex, cls: str, split: str) -> tuple[Path, str]:
+    """Where a split's images are listed, and what was expected there: a layout that reads its splits from
+    one JSON file per class (Real-IAD) keeps that file among its aux files; the others list folders."""
+    split_file = next((p for p in index.aux_files if p.suffix == ".json" and p.stem == cls), None)
+    if split_file is None:
+        folder = index.root / cls / split
+        return folder, f"expected images under {folder}"
+    views = f" of the views {', '.join(index.options['views'])}" if "views" in index.options else ""
+    return split_file, f"the {split!r} list of the split file {split_file} names no image{views}"
 
 
 def _header_problems(sample: Sample) -> list[Problem]:

@@ -17,11 +17,13 @@ def method_version(method: str) -> str:
     return str(methods.get(method).version)
 
 
-def dataset_fingerprint(dataset: str, data_root: str | None, classes: list[str] | None = None, expect: str | None = None) -> str:
-    """The data layer's fingerprint of exactly the files a trial reads (as the training loop computes it)."""
+def dataset_fingerprint(config: dict) -> str:
+    """The data layer's fingerprint of exactly the files a trial config reads (as the training loop computes it):
+    its dataset, root, classes, expected card and dataset options (a subset of Real-IAD's views reads fewer files)."""
     from harness.data import load_dataset
+    from harness.training.trial_config import dataset_arguments
 
-    return load_dataset(dataset, data_root, classes=classes, expected=expect).fingerprint()
+    return load_dataset(**dataset_arguments(config)).fingerprint()
 
 
 def resolve_run_ids(trials: list) -> None:
@@ -29,8 +31,11 @@ def resolve_run_ids(trials: list) -> None:
 
     Indexing a dataset reads its folder tree (and builds the embedded dataset on first use), so the
     driver calls this once before launching trials; ``harness sweep --dry-run`` only with
-    ``--resolve-ids``.
+    ``--resolve-ids``. The dataset options reach the id twice: through the fingerprint, and as a
+    hyperparameter of the config when it has them (a config without options hashes as before they existed).
     """
+    from harness.training.trial_config import dataset_arguments
+
     versions: dict[str, str] = {}
     fingerprints: dict[str, str] = {}
     for trial in trials:
@@ -38,9 +43,7 @@ def resolve_run_ids(trials: list) -> None:
         method = config["method"]
         if method not in versions:
             versions[method] = method_version(method)
-        data_key = canonical_json([config["dataset"], config.get("data_root"), config.get("classes"), config.get("expect")])
+        data_key = canonical_json(dataset_arguments(config))
         if data_key not in fingerprints:
-            fingerprints[data_key] = dataset_fingerprint(
-                config["dataset"], config.get("data_root"), config.get("classes"), config.get("expect")
-            )
+            fingerprints[data_key] = dataset_fingerprint(config)
         trial.run_id = trial_run_id(config, versions[method], fingerprints[data_key])

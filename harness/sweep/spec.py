@@ -28,7 +28,7 @@ from harness.formatting import format_value
 
 TOP_LEVEL_KEYS = ("name", "description", "base", "axes", "studies", "seeds", "tune", "scaling", "results", "checkpoints")
 STUDY_KEYS = ("name", "base", "axes")
-BASE_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "method_config")
+BASE_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "dataset_options", "method_config")
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SAMPLED_KINDS = ("choice", "uniform", "loguniform", "randint")
 TUNE_KEYS = ("num_samples", "max_concurrent_trials", "scheduler", "sample_seed")
@@ -299,6 +299,8 @@ def _validate_base(base: dict, bad) -> dict:
     base.setdefault("dataset", "embedded")
     base.setdefault("data_root", None)
     base.setdefault("classes", None)
+    if "dataset_options" in base and base["dataset_options"] in (None, {}):
+        del base["dataset_options"]  # none given: the trials hash as they did before options existed
     if base.get("method_config") is None:
         base["method_config"] = {}
     if not isinstance(base["method_config"], dict):
@@ -355,7 +357,8 @@ def _validate_axes(axes: Any, bad) -> list[Axis]:
             bad(where, spec, "no seed axis here: use the top-level 'seeds' key")
             continue
         if top not in BASE_KEYS or (top == "method_config" and key == "method_config"):
-            bad(where, spec, f"a key of base ({', '.join(BASE_KEYS)}), dotted below method_config, e.g. method_config.routing")
+            bad(where, spec, f"a key of base ({', '.join(BASE_KEYS)}), dotted below method_config or dataset_options, "
+                             "e.g. method_config.routing or dataset_options.views")
             continue
         axis = _parse_axis(str(key), spec, bad)
         if axis is not None:
@@ -518,7 +521,7 @@ def _validate_trial_configs(spec: SweepSpec, issues: list[ConfigIssue]) -> None:
         for trial in _expand_study(study, spec.seeds, spec.tune):
             c = trial.config
             found = method_issues(c.get("method"), c.get("preset"), c.get("method_config"))
-            dataset_args = (c.get("dataset"), c.get("data_root"), c.get("classes"), c.get("expect"))
+            dataset_args = (c.get("dataset"), c.get("data_root"), c.get("classes"), c.get("expect"), c.get("dataset_options"))
             memo_key = repr(dataset_args)
             if memo_key not in checked:
                 checked[memo_key] = dataset_issues(*dataset_args)
@@ -552,6 +555,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
 
 
 def _expand_study(study: Study, seeds: list[int], tune: TuneSettings) -> list[Trial]:
+    from harness.training.trial_config import with_canonical_options
+
     grid_axes = [axis for axis in study.axes if not axis.sampled]
     sampled_axes = [axis for axis in study.axes if axis.sampled]
     rng = random.Random(tune.sample_seed)
@@ -564,6 +569,7 @@ def _expand_study(study: Study, seeds: list[int], tune: TuneSettings) -> list[Tr
                 config = copy.deepcopy(study.base)
                 for key, value in values.items():
                     set_dotted(config, key, value)
+                config = with_canonical_options(config)
                 config["seed"] = seed
                 axes = {**({"study": study.name} if study.where else {}), **values, "seed": seed}
                 trials.append(Trial(len(trials), config, axes, trial_label(axes)))

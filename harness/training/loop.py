@@ -181,7 +181,7 @@ def prepare_inputs(trial: TrialConfig, context: WorkerContext, progress, use_fea
     """The dataset, the seeded model and its batch source: the backbone's features of both splits
     (cached or computed) for feature input, a seeded image pipeline for image input."""
     seed_everything(trial.seed)
-    index = load_dataset(trial.dataset, trial.data_root, classes=trial.classes, expected=trial.expect)
+    index = load_dataset(trial.dataset, trial.data_root, classes=trial.classes, expected=trial.expect, options=trial.dataset_options)
     method_config = methods.preset_config(trial.method, trial.preset, trial.method_config)
     samples = {split: sorted(index.split(split), key=lambda s: s.sample_id) for split in ("train", "test")}
     classes = {name: i for i, name in enumerate(sorted(index.classes))}

@@ -3,8 +3,9 @@
 ``trial_issues`` is the one validation of a trial's configuration, used by `harness train`,
 `harness profile` (its method part) and every trial of `harness sweep` (also with --dry-run)
 before anything starts: method and preset known, every method config key typed and ranged
-against the method's schema (methods/config_schema.py), dataset known, data root present, and
-the classes present in the dataset.
+against the method's schema (methods/config_schema.py), dataset known, data root present, the
+classes present in the dataset, and each dataset option one its layout takes (Real-IAD's views,
+json_dir, image_dir: harness.data.layouts.real_iad.OPTIONS).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from harness.config import ConfigError, ConfigIssue, ConfigProblems
 
-TRIAL_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "seed", "method_config")
+TRIAL_KEYS = ("method", "preset", "dataset", "data_root", "classes", "expect", "dataset_options", "seed", "method_config")
 EMBEDDED = "embedded"
 
 
@@ -25,7 +26,8 @@ def trial_issues(config: Mapping[str, Any]) -> list[ConfigIssue]:
     issues = [ConfigIssue(key, config[key], f"one of the trial keys {', '.join(TRIAL_KEYS)}")
               for key in config if key not in TRIAL_KEYS and not str(key).startswith("_")]
     issues += method_issues(config.get("method"), config.get("preset", "cpu"), config.get("method_config"))
-    issues += dataset_issues(config.get("dataset", EMBEDDED), config.get("data_root"), config.get("classes"), config.get("expect"))
+    issues += dataset_issues(config.get("dataset", EMBEDDED), config.get("data_root"), config.get("classes"), config.get("expect"),
+                             config.get("dataset_options"))
     seed = config.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         issues.append(ConfigIssue("seed", seed, "an integer >= 0"))
@@ -52,14 +54,21 @@ def method_issues(method: Any, preset: Any, method_config: Any) -> list[ConfigIs
     return method_config_issues(method, preset, method_config)
 
 
-def dataset_issues(dataset: Any, data_root: Any, classes: Any, expect: Any) -> list[ConfigIssue]:
-    """The dataset is known, its root exists (every dataset but the generated ones needs one), the classes are its."""
+def dataset_arguments(config: Mapping[str, Any]) -> dict:
+    """The dataset keys of a trial config as keyword arguments of ``load_dataset`` and ``check_trial_dataset``."""
+    return {"name": config.get("dataset", EMBEDDED), "root": config.get("data_root"), "classes": config.get("classes"),
+            "expected": config.get("expect"), "options": config.get("dataset_options")}
+
+
+def dataset_issues(dataset: Any, data_root: Any, classes: Any, expect: Any, options: Any = None) -> list[ConfigIssue]:
+    """The dataset is known, its root exists (every dataset but the generated ones needs one), the classes are
+    its, and its layout takes the options given."""
     from harness.data.registry import dataset_names
 
     names = dataset_names()
     if dataset not in names:
         return [ConfigIssue("dataset", dataset, f"one of {', '.join(names)}")]
-    issues = _path_issues(dataset, data_root, expect)
+    issues = _path_issues(dataset, data_root, expect) + option_issues(dataset, options)
     if classes is None or issues:
         return issues
     if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) and c for c in classes):
@@ -78,6 +87,57 @@ def _path_issues(dataset: str, data_root: Any, expect: Any) -> list[ConfigIssue]
     if expect is not None and (not isinstance(expect, (str, Path)) or not Path(expect).expanduser().is_file()):
         issues.append(ConfigIssue("expect", expect, "an existing dataset card file (YAML)"))
     return issues
+
+
+def option_issues(dataset: str, options: Any) -> list[ConfigIssue]:
+    """Each option checked alone by the layout's ``resolve_options``, so its message names that option's key."""
+    if options is None:
+        return []
+    if not isinstance(options, Mapping):
+        return [ConfigIssue("dataset_options", options, "a mapping of the dataset's layout options, e.g. {views: [C1]}")]
+    resolve = _options_resolver(dataset)
+    if resolve is None:
+        return [ConfigIssue(f"dataset_options.{key}", value, f"no option: dataset {dataset} takes no dataset options")
+                for key, value in options.items()]
+    issues = []
+    for key, value in options.items():
+        try:
+            resolve({key: value})
+        except ValueError as error:
+            issues.append(ConfigIssue(f"dataset_options.{key}", value, f"an option dataset {dataset} takes ({error})"))
+    return issues
+
+
+def with_canonical_options(config: Mapping[str, Any]) -> dict:
+    """The config with its dataset options as the layout reads them (views in C1..C5 order, as a list), so two
+    spellings of one choice share a run id, and without the key when there are none, so a run without
+    options keeps the id it had before options existed. Options that do not resolve stay as given, for
+    validation to name."""
+    config = dict(config)
+    options = config.pop("dataset_options", None)
+    resolve = _options_resolver(str(config.get("dataset", EMBEDDED))) if isinstance(options, Mapping) and options else None
+    try:
+        resolved = resolve(dict(options)) if resolve is not None else None
+    except ValueError:
+        resolved = None
+    if resolved is not None:
+        options = {key: list(resolved[key]) if isinstance(resolved[key], tuple) else resolved[key] for key in options}
+    if options or (options is not None and not isinstance(options, Mapping)):
+        config["dataset_options"] = options
+    return config
+
+
+def _options_resolver(dataset: str):
+    """The layout's ``resolve_options``, or None for a layout without options (or an unknown dataset)."""
+    from harness.data.cards import CardError
+    from harness.data.layouts import reader
+    from harness.data.registry import GENERIC, get_card
+
+    try:
+        layout = GENERIC if dataset == GENERIC else get_card(dataset).layout
+    except CardError:
+        return None
+    return getattr(reader(layout), "resolve_options", None)
 
 
 def _class_issues(dataset: str, data_root: Any, classes: list[str], expect: Any) -> list[ConfigIssue]:
@@ -110,6 +170,7 @@ class TrialConfig:
     data_root: str | None = None
     classes: tuple[str, ...] | None = None
     expect: str | None = None  # a card YAML whose classes and counts replace the bundled card's
+    dataset_options: dict = field(default_factory=dict)  # the layout's options (Real-IAD: views, json_dir, image_dir)
     seed: int = 0
     method_config: dict = field(default_factory=dict)
 
@@ -128,6 +189,7 @@ class TrialConfig:
             data_root=str(Path(root).expanduser().resolve()) if root else None,
             classes=tuple(classes) if classes else None,
             expect=str(Path(config["expect"]).expanduser().resolve()) if config.get("expect") else None,
+            dataset_options=with_canonical_options(config).get("dataset_options", {}),
             seed=seed,
             method_config=dict(config.get("method_config") or {}),
         )
