@@ -161,7 +161,7 @@ def test_the_best_value_of_each_metric_column_is_marked(page, board):
 def test_per_class_results_are_one_table_shaded_per_metric_column(board, page):
     table, shades, intervals = per_class_heatmap(board)
     assert table.headers[:2] == ["Class", "Configuration"] and table.headers[2:] == [
-        "I-AUROC", "P-AUROC", "AUPRO", "I-AP", "P-AP", "I-F1max", "P-F1max", "AUPRO@5%", "AUPRO@1%"]
+        "I-AUROC", "P-AUROC", "AUPRO", "I-AP", "P-AP", "I-F1max", "P-F1max", "AUPRO@5%", "AUPRO@1%", "AUPIMO"]
     assert [row[0] for row in table.rows] == [c for c in [*CLASSES, "mean", "pooled"] for _ in MODES]
     softmax_mean = next(row for row in table.rows if row[:2] == ["mean", "routing=softmax"])
     assert softmax_mean[2] == format_summary(board.row("routing=softmax").metrics["i_auroc"])

@@ -156,7 +156,8 @@ def test_routing_sweep_expands_to_four_modes_times_seeds():
     assert trials[4].axes == {"method_config.routing": "gumbel_top1", "seed": 1}
     assert trials[0].config == {
         "method": "unilead", "preset": "cpu", "dataset": "embedded", "data_root": None, "classes": None,
-        "method_config": {"bottlenecks": [16, 32, 64, 128], "routing": "softmax"}, "seed": 0,
+        "method_config": {"bottlenecks": [16, 32, 64, 128], "image_size": 160, "eval_size": 112, "epochs": 20,
+                          "routing": "softmax"}, "seed": 0,
     }
     assert len({configuration_key(t.config) for t in trials}) == 4
 

@@ -14,12 +14,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from harness.metrics.aupimo import AupimoAccumulator
 from harness.metrics.batch_inputs import mask_channels_per_image, maps_per_image, per_image_list, to_numpy
 from harness.metrics.defects import GOOD, LOGICAL, STRUCTURAL, DefectSaturation, defect_pixels, load_defects_config
 from harness.metrics.image_scores import ImageRecord, image_metrics
 from harness.metrics.pixel_tally import PixelTally, pixel_metrics, spro_metrics, tally_maps
 from harness.metrics.score_keys import canonical_float32, first_non_finite
-from harness.metrics.table import LOCO_SPLITS, MEAN, POOLED, SPRO_LIMITS, MetricRow, MetricTable
+from harness.metrics.table import AUPIMO, LOCO_SPLITS, POOLED, SPRO_LIMITS, MetricRow, MetricTable, class_mean_row
 from harness.metrics.version import METRIC_IMPLEMENTATION, METRIC_VERSION
 
 DEFAULT_MAX_BINS = 1 << 18
@@ -49,6 +50,7 @@ class MetricAccumulator:
         self._pixels: dict[tuple[str, str], PixelTally] = {}
         self._images: dict[str, list[ImageRecord]] = defaultdict(list)
         self._loco_classes: set[str] = set()
+        self._aupimo = AupimoAccumulator(self.max_bins)
 
     # ------------------------------------------------------------------ feeding
     def update(
@@ -109,6 +111,7 @@ class MetricAccumulator:
             tally = self._tally_group(members, maps, channels, configs[name], defect_ids, describe, (name, part))
             earlier = new_tallies.get((name, part))
             new_tallies[(name, part)] = tally if earlier is None else earlier.merged(tally, self.max_bins)
+        self._aupimo.update(maps, channels, labels, names, sample_ids=ids)
         for key, tally in new_tallies.items():
             current = self._pixels.get(key)
             self._pixels[key] = tally if current is None else current.merged(tally, self.max_bins)
@@ -159,6 +162,7 @@ class MetricAccumulator:
         for name in set(self._images) | set(other._images):
             merged._images[name] = [*self._images.get(name, []), *other._images.get(name, [])]
         merged._loco_classes = self._loco_classes | other._loco_classes
+        merged._aupimo = self._aupimo.merge(other._aupimo)
         return merged
 
     def __getstate__(self) -> dict:
@@ -187,6 +191,7 @@ class MetricAccumulator:
         records = [r for name in names for r in self._images.get(name, [])]
         results = image_metrics(records, scope)
         results.update(pixel_metrics(self._tally([(n, p) for n in names for p in (ALL_PIXELS, *LOCO_PARTS)])))
+        results[AUPIMO] = self._aupimo.value(names)
         loco = [n for n in names if n in self._loco_classes]
         if not loco:
             return results
@@ -216,19 +221,8 @@ class MetricAccumulator:
             rows += [MetricRow(name, metric, value, note) for metric, (value, note) in results.items()]
         metrics = list(dict.fromkeys(metric for results in per_class.values() for metric in results))
         for metric in metrics:
-            rows.append(self._class_mean(metric, per_class))
+            rows.append(class_mean_row(metric, per_class))
         # one class: pooling changes nothing, so reuse its results
         pooled = per_class[classes[0]] if len(classes) == 1 else self._metrics(classes, "the pooled test set")
         rows += [MetricRow(POOLED, metric, value, note) for metric, (value, note) in pooled.items()]
-        return MetricTable(tuple(rows), METRIC_VERSION, METRIC_IMPLEMENTATION)
-
-    @staticmethod
-    def _class_mean(metric: str, per_class: dict[str, dict]) -> MetricRow:
-        having = [name for name, results in per_class.items() if metric in results]
-        defined = [name for name in having if per_class[name][metric][0] is not None]
-        missing = [name for name in having if per_class[name][metric][0] is None]
-        if not defined:
-            return MetricRow(MEAN, metric, None, f"undefined for every class ({', '.join(missing)})")
-        value = float(np.mean([per_class[name][metric][0] for name in defined]))
-        note = f"mean over {len(defined)} of {len(having)} classes; missing: {', '.join(missing)}" if missing else ""
-        return MetricRow(MEAN, metric, value, note)
+        return MetricTable(tuple(rows), METRIC_VERSION, METRIC_IMPLEMENTATION, {AUPIMO: self._aupimo.per_image()})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from harness.metrics.accumulator import MetricAccumulator
-from harness.metrics.aupimo import AupimoAccumulator
 from harness.metrics.batch_inputs import to_numpy
 from harness.metrics.table import AUPIMO, STANDARD_METRICS
 
@@ -30,15 +29,14 @@ def evaluate(
     labels = to_numpy(image_labels).reshape(-1)
     maps = to_numpy(anomaly_maps) if not isinstance(anomaly_maps, (list, tuple)) else list(anomaly_maps)
     mask_stack = None if masks is None else (to_numpy(masks) if not isinstance(masks, (list, tuple)) else list(masks))
-    accumulator, overlaps = MetricAccumulator(), AupimoAccumulator()
+    accumulator = MetricAccumulator()
     for start in range(0, len(scores), batch_size):
         chunk = slice(start, start + batch_size)
         chunk_masks = None if mask_stack is None else mask_stack[chunk]
         chunk_ids = None if sample_ids is None else list(sample_ids)[chunk]
         accumulator.update(scores[chunk], labels[chunk], maps[chunk], chunk_masks, _CLASS, sample_ids=chunk_ids)
-        overlaps.update(maps[chunk], chunk_masks, labels[chunk], _CLASS, sample_ids=chunk_ids)
     values = accumulator.compute().for_class(_CLASS)
-    return {**{name: values[name] for name in STANDARD_METRICS}, AUPIMO: overlaps.value([_CLASS])[0]}
+    return {name: values[name] for name in (*STANDARD_METRICS, AUPIMO)}
 
 
 __all__ = ["evaluate"]

@@ -535,7 +535,8 @@ def _samples_by_id(config: dict, wanted: set[str]) -> tuple[dict, str | None]:
     try:
         from harness.data import load_dataset
 
-        index = load_dataset(dataset, root, classes=config.get("classes"), check_counts=False)
+        index = load_dataset(dataset, root, classes=config.get("classes"), check_counts=False,
+                             options=config.get("dataset_options") or None)
     except Exception as exc:  # the report must still render without the data
         where = root or "its default location"
         return {}, f"Images and ground truth not shown: dataset {dataset!r} at {where} could not be read ({exc})."

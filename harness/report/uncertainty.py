@@ -300,9 +300,10 @@ class MaskSource:
     def masks_for(self, config: dict, sample_ids: tuple[str, ...], shapes: list[tuple[int, int]]) -> list[np.ndarray]:
         from harness.data import load_dataset, read_mask_stack
 
-        key = (config.get("dataset"), config.get("data_root"), tuple(config.get("classes") or ()))
+        options = config.get("dataset_options") or None
+        key = (config.get("dataset"), config.get("data_root"), tuple(config.get("classes") or ()), repr(options))
         if key not in self._indexes:
-            index = load_dataset(key[0], key[1], classes=config.get("classes"), check_counts=False)
+            index = load_dataset(key[0], key[1], classes=config.get("classes"), check_counts=False, options=options)
             if getattr(index, "defects_config", None):
                 raise ValueError("MVTec LOCO's sPRO masks are not resampled")
             self._indexes[key] = {s.sample_id: s for s in index.split("test")}

@@ -515,7 +515,8 @@ def record(
         context.report_final({"evaluated": True}, final_dir)
         return None
     table = _merged_accumulator([g[0] for g in gathered]).compute()
-    all_samples = sorted((row for g in gathered for row in g[1]), key=lambda r: r["sample_id"])
+    aupimo = table.sample_values.get("aupimo", {})
+    all_samples = sorted(({**row, "aupimo": aupimo.get(row["sample_id"])} for g in gathered for row in g[1]), key=lambda r: r["sample_id"])
     all_routing = [record for g in gathered for record in g[2]]
     _keep_final_model(checkpoint_dir, final_dir, trained)
     metric_rows = [
