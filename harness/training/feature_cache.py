@@ -196,9 +196,10 @@ def read_entry(folder: Path, key: FeatureKey, sample_ids: Sequence[str]) -> Feat
         meta = json.loads((folder / "meta.json").read_text())
         shapes = [tuple(shape) for shape in meta["shapes"]]
         levels = [np.load(folder / f"level{i}.npy", mmap_mode="r") for i in range(len(shapes))]
+        described = meta["format"] == CACHE_FORMAT_VERSION and meta["sample_ids"] == list(sample_ids)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DamagedEntry(f"{type(error).__name__}: {error}") from error
-    if meta.get("format") != CACHE_FORMAT_VERSION or meta.get("sample_ids") != list(sample_ids):
+    if not described:
         raise DamagedEntry("meta.json does not describe this key's samples")
     for i, (level, shape) in enumerate(zip(levels, shapes)):
         if level.shape != shape or level.dtype != np.dtype(key.dtype):
