@@ -58,7 +58,7 @@ def test_train_records_the_option_and_scores_one_view_per_object(trained):
     assert json.loads(run["config_json"])["dataset_options"] == {"views": ["C1"]}
     rows = store.read("sample_scores", [run_id]).to_pylist()
     assert len(rows) == TEST_OBJECTS * len(CLASSES)  # one test image per object, not five
-    assert all("_C1_" in row["sample_id"] for row in rows)
+    assert all("_C1_" in row["sample_id"] and row["view"] == "C1" for row in rows)
 
 
 def test_train_names_the_bad_option_by_its_flag(root, capsys):

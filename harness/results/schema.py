@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: provenance columns, files_json; predictions carry run_id and anomaly_map; 3: sample_scores.aupimo
+SCHEMA_VERSION = 3  # 2: provenance columns, files_json; predictions carry run_id and anomaly_map; 3: sample_scores.aupimo and .view
 
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
@@ -105,6 +105,7 @@ SAMPLE_SCORES = pa.schema(
         pa.field("label", pa.int8()),
         pa.field("score", pa.float64()),
         pa.field("aupimo", pa.float64()),  # the image's AUPIMO within its class; null: normal, or stored before v3
+        pa.field("view", pa.string()),  # the camera view of a multi-view dataset (Real-IAD: C1..C5); null otherwise
     ]
 )
 

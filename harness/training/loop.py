@@ -491,6 +491,7 @@ def _record_prediction(inputs: TrainingInputs, samples: list, prediction, shard:
             "defect_type": sample.defect_type,
             "label": int(sample.label),
             "score": float(score),
+            "view": (sample.extra or {}).get("view"),
         }
         shard.sample_rows.append(row)
         shard.prediction_rows.append({**row, "anomaly_map": anomaly_map})
