@@ -39,12 +39,12 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from methods.config_schema import Bool, ConfigType, Int, ListOf, Nullable, Real, Rule, Str
+from methods.config_schema import Bool, Choice, ConfigType, Int, ListOf, Nullable, Real, Rule, Str
 
 # Config keys every method has, read by the harness (training loop, feature cache, evaluation).
 SHARED_CONFIG_SCHEMA: dict[str, ConfigType] = {
@@ -58,6 +58,9 @@ SHARED_CONFIG_SCHEMA: dict[str, ConfigType] = {
     "amp": Bool(),
     "grad_clip": Nullable(Real(min=0)),  # 0 or null: no clipping
     "seed": Int(min=0),
+    # Precision of the cached frozen features (feature methods): float16 halves the disk and differs
+    # from float32 by at most 2^-11 relative (harness/training/feature_cache.py); reads are float32.
+    "feature_dtype": Choice("float32", "float16"),
 }
 SHARED_CONFIG_KEYS = tuple(SHARED_CONFIG_SCHEMA)
 
@@ -219,6 +222,12 @@ class AnomalyMethod(nn.Module):
 
     def component_spec(self) -> ComponentSpec | None:
         return self.component_spec_for(self.config)
+
+    def level_alignment(self) -> tuple[str, Callable[[list[Tensor]], list[Tensor]]] | None:
+        """For feature methods whose first step on the backbone levels is exact and per image (the
+        UniAD family's neck): (name, fn) the feature cache applies once at extraction, so it stores
+        only what the method reads; fn maps a batch's levels to levels. None: store the raw levels."""
+        return None
 
     def finish(self, prediction: Prediction, minima: dict[str, Tensor], maxima: dict[str, Tensor]) -> Prediction:
         """For ``class_normalised`` methods: scores and maps from raw ``levels``, given each sample's class

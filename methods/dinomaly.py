@@ -40,6 +40,7 @@ from methods.config_schema import Bool, Choice, Int, ListOf, Nullable, Real, Rul
 _PAPER = {
     "backbone": "vit_base_patch14_reg4_dinov2.lvd142m",
     "backbone_levels": [2, 3, 4, 5, 6, 7, 8, 9],
+    "feature_dtype": "float32",  # the feature cache's storage precision (float16: half the disk, methods/base.py)
     "backbone_weights": "auto",
     "image_size": 392,  # the official resizes to 448 and centre-crops 392; the harness resizes to 392
     "eval_size": 256,

@@ -49,6 +49,7 @@ _PAPER = {
     # torchvision's wide_resnet50_2(pretrained=True), the ImageNet-1k V1 weights (spec 10.2).
     "backbone": "wide_resnet50_2.tv_in1k",
     "backbone_levels": [2, 3],  # timm out_indices of layer2 (512 @ stride 8) and layer3 (1024 @ 16)
+    "feature_dtype": "float32",  # the feature cache's storage precision (float16: half the disk, methods/base.py)
     "backbone_weights": "auto",
     "image_size": 224,
     "eval_size": 224,

@@ -35,6 +35,7 @@ from methods.config_schema import Bool, Choice, Int, ListOf, Real, Rule
 _PAPER = {
     "backbone": "wide_resnet50_2.tv_in1k",  # torchvision's V1 weights, what torchvision's pretrained=True loads
     "backbone_levels": [1, 2, 3],
+    "feature_dtype": "float32",  # the feature cache's storage precision (float16: half the disk, methods/base.py)
     "backbone_weights": "auto",
     "image_size": 256,
     "eval_size": 256,

@@ -64,6 +64,13 @@ class TokenReconstructionMethod(AnomalyMethod):
                 return list(module.expert_names)
         return []
 
+    def level_alignment(self):
+        """The neck's resize of every level to the token grid, exact per image: the cache stores the
+        levels at that grid (about a ninth of B4's raw levels at 224) and the neck then passes them through."""
+        h, w = self.grid
+        return (f"neck bilinear align_corners=True to {h}x{w}",
+                lambda levels: list(torch.split(self.neck(levels), self.neck.channels, dim=1)))
+
     # --- data flow ----------------------------------------------------------------------------
     def reconstruction_module(self) -> nn.Module:
         return self.reconstruction

@@ -30,6 +30,7 @@ _PAPER = {
     # TF port (same-padding convolutions) with those weights (spec 1.1 "Backbone").
     "backbone": "tf_efficientnet_b4.aa_in1k",
     "backbone_levels": [0, 1, 2, 3],
+    "feature_dtype": "float32",  # the feature cache's storage precision (float16: half the disk, methods/base.py)
     "backbone_weights": "auto",
     "image_size": 224,
     "eval_size": 224,

@@ -82,7 +82,7 @@ def run_sweep_file(path: Path, address: str | None = None) -> int:
 
     args = argparse.Namespace(
         file=str(path), dataset=None, data_root=None, preset=None, classes=None, results=None,
-        method_sets=[], overrides=[], address=address,
+        method_sets=[], overrides=[], address=address, dataset_options=[],
     )
     return run_sweep(load_spec_from_args(args), args)
 

@@ -39,6 +39,20 @@ def test_cached_features_train_to_the_same_result_as_uncached(fixture_root, tmp_
     assert _numbers(uncached) == _numbers(cold) == _numbers(warm)
 
 
+def test_reconstruction_features_are_cached_at_the_token_grid_and_in_float16_when_asked(fixture_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_FEATURE_CACHE", str(tmp_path / "features"))
+    full = run_training(_config(fixture_root), output_dir=tmp_path / "a")
+    half = run_training(_config(fixture_root, feature_dtype="float16"), output_dir=tmp_path / "b")
+    entries = sorted((tmp_path / "features").iterdir())
+    assert len(entries) == 2  # the precision is part of the key
+    stored = {np.load(level, mmap_mode="r").dtype.name: np.load(level, mmap_mode="r").shape
+              for entry in entries for level in entry.glob("train-*/level*.npy")}
+    grid = 128 // 16  # the neck's grid: every level stored at it, not at its own stride
+    assert set(stored) == {"float32", "float16"} and all(shape[-2:] == (grid, grid) for shape in stored.values())
+    scores = {r["sample_id"]: r["score"] for r in full.sample_scores}
+    assert all(abs(r["score"] - scores[r["sample_id"]]) <= 1e-2 * abs(scores[r["sample_id"]]) for r in half.sample_scores)
+
+
 def test_outcome_holds_every_test_sample_once_with_float16_maps(fixture_root, tmp_path):
     outcome = run_training(_config(fixture_root), output_dir=tmp_path / "run")
     ids = [r["sample_id"] for r in outcome.sample_scores]

@@ -35,7 +35,7 @@ from harness.data import load_dataset
 from harness.metrics import METRIC_VERSION, MetricAccumulator
 from harness.results.predictions import write_predictions
 from harness.training.context import WorkerContext
-from harness.training.feature_cache import FeatureCache, FeatureKey, cached_features
+from harness.training.feature_cache import FeatureCache, FeatureKey, LevelAlignment, cached_features
 from harness.training.inputs import BatchSource, FeatureBatches, ImageBatches, check_modalities, ground_truth
 from harness.training.trial_config import TrialConfig
 
@@ -213,6 +213,7 @@ def _feature_input(trial, method_config, fingerprint, samples, classes, context,
         feature_channels=list(backbone.channels),
         feature_reductions=list(backbone.reductions),
     )
+    alignment = LevelAlignment(*pair) if (pair := method.level_alignment()) is not None else None
     key = FeatureKey(
         dataset=trial.dataset,
         dataset_fingerprint=fingerprint,
@@ -220,12 +221,14 @@ def _feature_input(trial, method_config, fingerprint, samples, classes, context,
         weights_id=backbone.weights_id,
         levels=tuple(method_config["backbone_levels"]),
         image_size=int(method_config["image_size"]),
+        dtype=method_config.get("feature_dtype", "float32"),
+        alignment=alignment.name if alignment is not None else "",
     )
     started = time.time()
     cache = FeatureCache() if use_feature_cache else None
     features, hits = {}, {}
     for split, split_samples in samples.items():
-        features[split], hits[split] = _split_features(key, split, split_samples, backbone, cache, progress)
+        features[split], hits[split] = _split_features(key, split, split_samples, backbone, cache, progress, alignment)
     return {
         "method": method,
         "source": FeatureBatches(samples, classes, features),
@@ -274,10 +277,12 @@ def _component_masks(trial, method, fingerprint, samples, use_cache: bool, progr
 _INPUT_STAGES = {"features": _feature_input, "images": _image_input}  # keyed by methods.base.INPUT_KINDS
 
 
-def _split_features(key: FeatureKey, split: str, samples: list, backbone, cache, progress):
+def _split_features(key: FeatureKey, split: str, samples: list, backbone, cache, progress, alignment=None):
     progress("features", {"split": split, "total": len(samples), "advance": 0})
     features, hit = cached_features(
-        key, split, samples, backbone, cache=cache, progress=lambda n: progress("features", {"split": split, "advance": n})
+        key, split, samples, backbone, cache=cache, align=alignment,
+        progress=lambda n: progress("features", {"split": split, "advance": n}),
+        on_wait=lambda owner: progress("features", {"split": split, "info": f"waiting for {owner.get('host')}:{owner.get('pid')}"}),
     )
     progress("features", {"split": split, "completed": len(samples), "info": "from cache" if hit else "computed"})
     return features, hit
