@@ -1,18 +1,18 @@
 """Version and description of the metric implementation, stored next to every number.
 
 Bump METRIC_VERSION whenever a stored number could change. History:
-- 1.2.0: AUPIMO added (a new metric and per-image values); every 1.1.0 metric unchanged, so
-  results of 1.1.0 keep their values and show no AUPIMO.
+- AUPIMO was added under 1.1.0 without a bump on purpose: no stored number changes, and a bump
+  marks every stored run stale (the next sweep runs it again); runs stored before it show no AUPIMO.
 - 1.1.0: LOCO sPRO saturation area rounded down as the official evaluation v2.0 does
   (S = int(threshold * area) for relative thresholds); AUC-sPRO of 1.0.0 results differs for any
   defect whose relative threshold times its area is not an integer. Other metrics unchanged.
 - 1.0.0: first release.
 """
 
-METRIC_VERSION = "1.2.0"
+METRIC_VERSION = "1.1.0"
 
 METRIC_IMPLEMENTATION = (
-    "harness.metrics 1.2.0: exact threshold sweeps over all distinct scores from integer histograms "
+    "harness.metrics 1.1.0: exact threshold sweeps over all distinct scores from integer histograms "
     "keyed by float32 bit pattern (float64 maps are rounded to float32; image scores use float64). "
     "Exact (to float64 rounding, weights to 2^-32) whenever a class holds <= max_bins distinct "
     "scores (always for float16 maps); beyond that adjacent float32 scores share a bin and each "
