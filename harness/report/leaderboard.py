@@ -407,7 +407,7 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty mapping (a preset as it is) sets nothing
             flat.update(_flatten(value, f"{name}."))
         else:
             flat[name] = value
@@ -426,7 +426,8 @@ def _varying_keys(configs: list[dict]) -> list[str]:
 
 def _label(config: dict, varying: list[str]) -> str:
     flat = _flatten({k: v for k, v in config.items() if k not in _NOT_CONFIGURATION})
-    parts = [f"{key.rsplit('.', 1)[-1]}={format_value(flat.get(key, '-'))}" for key in varying]
+    # a key another configuration sets and this one leaves to its preset is not part of its name
+    parts = [f"{key.rsplit('.', 1)[-1]}={format_value(flat[key])}" for key in varying if key in flat]
     return " ".join(parts) if parts else f"{config.get('method', '?')} ({config.get('preset', '?')})"
 
 
