@@ -14,7 +14,8 @@ from methods.base import Prediction
 from methods.blocks.routers import top_k_scatter
 from test_methods_models import one_torch_thread  # noqa: F401  (autouse fixture)
 
-RANDOM = {"backbone_weights": "random"}
+# Every expert level (the cpu preset itself routes over 2 patch + 2 global experts only).
+RANDOM = {"backbone_weights": "random", "component_experts": 2}
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -37,7 +38,7 @@ def _batch(model, counts=(0, 2, 5, 1), seed: int = 1) -> dict:
 
 def test_paper_preset_trains_452_454_610_parameters_with_estimator_and_encoder_apart():
     with torch.device("meta"):  # counts only: no memory, no init time
-        model = methods.build("anomalymoe", "paper", RANDOM, feature_channels=[], feature_reductions=[])
+        model = methods.build("anomalymoe", "paper", {"backbone_weights": "random"}, feature_channels=[], feature_reductions=[])
     assert _count(model.patch_experts[0]) == 61_425_408  # 61.43M: bottleneck 4,722,432 + 8 blocks
     assert _count(model.global_experts[0].autoencoder) == 5_574_368 and _count(model.global_experts[0].student) == 7_940_096
     assert _count(model.component_experts[0]) == 435_648 and _count(model.router) == 201_490
