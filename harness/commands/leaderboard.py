@@ -95,7 +95,7 @@ def _bootstrap_settings(args):
 def run(args) -> int:
     from rich.console import Console
 
-    from harness.report.leaderboard import METRIC_ORDER, build_leaderboard, leaderboard_datasets, metric_key
+    from harness.report.leaderboard import METRIC_ORDER, build_leaderboard, datasets_to_show, leaderboard_datasets, metric_key
     from harness.results.store import ResultStore
 
     errors = Console(stderr=True)
@@ -108,11 +108,11 @@ def run(args) -> int:
             highlight=False,
         )
         return 1
-    datasets = [args.dataset] if args.dataset else _datasets_to_show(store, args.sweep)
+    datasets = [args.dataset] if args.dataset else datasets_to_show(store, args.sweep)
+    bootstrap = _bootstrap_settings(args)
     boards = []
     for dataset in datasets:
         board = build_leaderboard(store, sweep=args.sweep, bootstrap=None, dataset=dataset)  # its metric names, for --sort
-        bootstrap = _bootstrap_settings(args)
         sort_metric = metric_key(args.sort, (*METRIC_ORDER, *board.metrics))
         if sort_metric is None:
             valid = ", ".join(dict.fromkeys((*METRIC_ORDER, *board.metrics)))
@@ -145,14 +145,6 @@ def run(args) -> int:
         return 0
     _write_text([_text(board, args.format) for board in boards], args.format, args.output)
     return 0
-
-
-def _datasets_to_show(store, sweep: str | None) -> list[str | None]:
-    """One board per dataset when the cells span several; [None] (no filter) otherwise."""
-    from harness.report.leaderboard import leaderboard_datasets
-
-    found = leaderboard_datasets(store, sweep)
-    return found if len(found) > 1 else [None]
 
 
 def _show(board, store, args, several: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.report.html import write_html
-from harness.report.leaderboard import build_leaderboard, leaderboard_datasets
+from harness.report.leaderboard import build_leaderboard, datasets_to_show
 from harness.report.terminal import render_terminal
 from harness.results.store import ResultStore
 
@@ -25,9 +25,8 @@ def show_leaderboard_and_write_html(store: ResultStore, sweep: str | None, conso
     """Print the sweep's leaderboard and write its HTML report, one of each per dataset when its cells
     span several; returns the (last) report's path (None if no runs)."""
     console = console or Console()
-    datasets = leaderboard_datasets(store, sweep)
     path = None
-    for dataset in datasets if len(datasets) > 1 else [None]:
+    for dataset in datasets_to_show(store, sweep):
         board = build_leaderboard(store, sweep=sweep, dataset=dataset)
         if board.empty:
             continue

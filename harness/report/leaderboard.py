@@ -317,6 +317,13 @@ def leaderboard_datasets(store: ResultStore, sweep: str | None = None) -> list[s
     return list(dict.fromkeys(found))
 
 
+def datasets_to_show(store: ResultStore, sweep: str | None = None) -> list[str | None]:
+    """The ``dataset`` argument of each board to build: one per dataset when the cells span several,
+    else [None] (one unfiltered board)."""
+    found = leaderboard_datasets(store, sweep)
+    return found if len(found) > 1 else [None]
+
+
 def metric_key(name: str, known: Iterable[str]) -> str | None:
     """The metric in `known` that `name` spells: its key (p_auroc) or its table title (P-AUROC), in any case."""
     wanted = _spelling(name)

@@ -318,7 +318,7 @@ class EntryLock:
 
     def _beat(self) -> None:
         while not self.stopped.wait(self.cache.heartbeat_seconds):
-            if lock_owner(read_lock(self.path) or "{}").get("token") != self.token:
+            if not self._held():
                 return  # taken over: the atomic publish still keeps one copy
             self.path.write_text(self.content())
 
@@ -326,8 +326,12 @@ class EntryLock:
         self.stopped.set()
         if self.thread is not None:
             self.thread.join()
-        if lock_owner(read_lock(self.path) or "{}").get("token") == self.token:
+        if self._held():
             self.path.unlink(missing_ok=True)
+
+    def _held(self) -> bool:
+        """The lock file names this lock as its owner (not taken over by another worker)."""
+        return lock_owner(read_lock(self.path) or "{}").get("token") == self.token
 
 
 def read_lock(path: Path) -> str | None:

@@ -32,7 +32,7 @@ import torch
 import methods
 from harness.backbones import create_backbone
 from harness.data import load_dataset
-from harness.metrics import METRIC_VERSION, MetricAccumulator
+from harness.metrics import AUPIMO, METRIC_VERSION, MetricAccumulator
 from harness.results.predictions import write_predictions
 from harness.training.context import WorkerContext
 from harness.training.feature_cache import FeatureCache, FeatureKey, LevelAlignment, cached_features
@@ -496,7 +496,7 @@ def _record_prediction(inputs: TrainingInputs, samples: list, prediction, shard:
             "defect_type": sample.defect_type,
             "label": int(sample.label),
             "score": float(score),
-            "view": (sample.extra or {}).get("view"),
+            "view": sample.extra.get("view"),
         }
         shard.sample_rows.append(row)
         shard.prediction_rows.append({**row, "anomaly_map": anomaly_map})
@@ -521,7 +521,7 @@ def record(
         context.report_final({"evaluated": True}, final_dir)
         return None
     table = _merged_accumulator([g[0] for g in gathered]).compute()
-    aupimo = table.sample_values.get("aupimo", {})
+    aupimo = table.sample_values.get(AUPIMO, {})
     all_samples = sorted(({**row, "aupimo": aupimo.get(row["sample_id"])} for g in gathered for row in g[1]), key=lambda r: r["sample_id"])
     all_routing = [record for g in gathered for record in g[2]]
     _keep_final_model(checkpoint_dir, final_dir, trained)
