@@ -23,7 +23,7 @@ import tifffile
 
 from harness.data.cards import Counts, DatasetCard
 from harness.data.images import ImageReadError, check_image, naming_the_file, read_rgb, read_values
-from harness.data.layouts import Problem
+from harness.data.layouts import Problem, reader
 from harness.data.registry import DatasetError, DatasetIndex, count_samples, fingerprint_files, load_dataset, scan_dataset
 from harness.data.sample import Sample
 
@@ -169,14 +169,14 @@ def _empty_split_problems(index: DatasetIndex) -> list[Problem]:
 
 
 def _split_source(index: DatasetIndex, cls: str, split: str) -> tuple[Path, str]:
-    """Where a split's images are listed, and what was expected there: a layout that reads its splits from
-    one JSON file per class (Real-IAD) keeps that file among its aux files; the others list folders."""
-    split_file = next((p for p in index.aux_files if p.suffix == ".json" and p.stem == cls), None)
-    if split_file is None:
-        folder = index.root / cls / split
-        return folder, f"expected images under {folder}"
-    views = f" of the views {', '.join(index.options['views'])}" if "views" in index.options else ""
-    return split_file, f"the {split!r} list of the split file {split_file} names no image{views}"
+    """Where a split's images are listed, and what was expected there: the layout says so when it
+    lists splits in files (``split_source``: Real-IAD's per-class JSON); the others list folders."""
+    listed = getattr(reader(index.card.layout), "split_source", None)
+    found = listed(index, cls, split) if listed is not None else None
+    if found is not None:
+        return found
+    folder = index.root / cls / split
+    return folder, f"expected images under {folder}"
 
 
 def _header_problems(sample: Sample) -> list[Problem]:

@@ -51,7 +51,8 @@ class LayoutScan:
 def reader(layout: str):
     """The reader module for a layout name; it exposes ``scan(root, dataset, classes) -> LayoutScan``
     and ``ROOT_EXTRAS`` (root folders that are not classes); a layout with options (Real-IAD) also
-    ``resolve_options(given) -> dict`` and takes ``scan(..., options=...)``."""
+    ``resolve_options(given) -> dict`` and takes ``scan(..., options=...)``; a layout that lists its
+    splits in files (Real-IAD) also ``split_source(index, cls, split)`` for verify's messages."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
     return importlib.import_module(f"harness.data.layouts.{layout}")

@@ -79,6 +79,16 @@ class _Reading:
     seen: dict[Path, str] = field(default_factory=dict)  # image -> the entry that listed it first
 
 
+def split_source(index, cls: str, split: str) -> tuple[Path, str] | None:
+    """For verify's empty-split problem: the class's JSON split file (read by ``scan``, so among the
+    index's aux files) and what it lacks; None when the file is not there."""
+    split_file = next((p for p in index.aux_files if p.suffix == ".json" and p.stem == cls), None)
+    if split_file is None:
+        return None
+    views = f" of the views {', '.join(index.options['views'])}" if "views" in index.options else ""
+    return split_file, f"the {split!r} list of the split file {split_file} names no image{views}"
+
+
 def scan(root: Path, dataset: str, classes: list[str], options: dict | None = None) -> LayoutScan:
     options = resolve_options(dict(options or {}))
     reading = _Reading(root, dataset, options, root / options["image_dir"])
