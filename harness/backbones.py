@@ -314,6 +314,32 @@ def _weights_file(source: WeightSource) -> Path | None:
     return None
 
 
+@cache
+def level_strides(name: str) -> tuple[int, ...]:
+    """The stride of every feature level timm offers for ``name`` (its architecture, built once without weights)."""
+    model = timm.create_model(name, pretrained=False, features_only=True, **_size_options(name))
+    return tuple(int(r) for r in model.feature_info.reduction())
+
+
+def backbone_config_problems(config: dict) -> list[tuple[str, object, str]]:
+    """(key, value, expected) for a method config's backbone keys that cannot work, known before any work:
+    an unknown timm name, a level the backbone lacks, a ``token_stride`` none of the chosen levels has."""
+    name, levels = config.get("backbone"), config.get("backbone_levels")
+    if not isinstance(name, str) or levels is None:
+        return []
+    if not timm.is_model(name):
+        return [("backbone", name, "a timm model name (see `harness backbones list`)")]
+    strides = level_strides(name)
+    missing = [level for level in levels if level >= len(strides)]
+    if missing:
+        return [("backbone_levels", levels, f"levels of {name}, which has {len(strides)} (0 to {len(strides) - 1})")]
+    chosen = sorted({strides[level] for level in levels})
+    stride = config.get("token_stride")
+    if stride is not None and stride not in chosen:
+        return [("token_stride", stride, f"the stride of one of the chosen levels, {', '.join(map(str, chosen))} (or null: the coarsest)")]
+    return []
+
+
 def create_backbone(name: str, levels: Sequence[int], weights: str = "auto") -> FeatureBackbone:
     """Build timm `name` with features_only at out_indices `levels`, frozen, with weights from `weights`.
 

@@ -27,7 +27,7 @@ class TokenReconstructionMethod(AnomalyMethod):
 
     def __init__(self, config: dict[str, Any], feature_channels: Sequence[int], feature_reductions: Sequence[int]):
         super().__init__(config, feature_channels, feature_reductions)
-        self.neck = MultiLevelFeatureNeck(self.feature_channels, self.feature_reductions)
+        self.neck = MultiLevelFeatureNeck(self.feature_channels, self.feature_reductions, config.get("token_stride"))
         self.grid = self.neck.grid_size(int(config["image_size"]))
         self.window = neighbour_window(config.get("neighbour_window", "auto"), self.grid)
         self.jitter = FeatureJitter(float(config["jitter_scale"]), float(config["jitter_prob"]))

@@ -30,6 +30,7 @@ _PAPER = {
     # TF port (same-padding convolutions) with those weights (spec 1.1 "Backbone").
     "backbone": "tf_efficientnet_b4.aa_in1k",
     "backbone_levels": [0, 1, 2, 3],
+    "token_stride": None,  # the neck's output stride (official outstrides [16]); null: the coarsest level's
     "feature_dtype": "float32",  # the feature cache's storage precision (float16: half the disk, methods/base.py)
     "backbone_weights": "auto",
     "image_size": 224,
@@ -96,6 +97,7 @@ class UniAD(TokenReconstructionMethod):
     presets = {"paper": _PAPER, "cpu": _CPU}
     config_schema = {
         **SHARED_CONFIG_SCHEMA,
+        "token_stride": Nullable(Int(min=1)),  # one of the backbone levels' strides (methods/blocks/neck.py)
         "hidden_dim": Int(min=1),
         "num_heads": Int(min=1),
         "ffn_dim": Int(min=1),

@@ -47,6 +47,9 @@ def test_every_preset_key_of_every_method_has_a_schema_entry_and_both_presets_va
         ("keep_ffn", "yes", "true or false"),
         ("neighbour_window", "wide", "an integer >= 1 or one of auto or null"),
         ("score_weights", [1, 1], "exactly 3 item"),
+        ("backbone", "no_such_net", "a timm model name"),
+        ("backbone_levels", [1, 9], "levels of tf_efficientnet_lite0, which has 5 (0 to 4)"),
+        ("token_stride", 32, "the stride of one of the chosen levels, 4, 8, 16"),
     ],
 )
 def test_bad_method_config_values_are_rejected_by_the_sweep_dry_run_validation(key, value, expected):

@@ -178,3 +178,17 @@ def test_gumbel_temperature_anneals_per_epoch():
     assert all(m.temperature == pytest.approx(0.75) for m in moa)
     model.on_epoch_start(50)
     assert all(m.temperature == pytest.approx(0.5) for m in moa)
+
+
+def test_token_stride_picks_the_grid_the_levels_are_resized_to_and_defaults_to_the_coarsest():
+    from methods.blocks.neck import MultiLevelFeatureNeck
+
+    levels = [torch.randn(1, c, 160 // r, 160 // r) for c, r in ((24, 4), (40, 8), (112, 16))]
+    coarsest, fine = MultiLevelFeatureNeck([24, 40, 112], [4, 8, 16]), MultiLevelFeatureNeck([24, 40, 112], [4, 8, 16], 8)
+    assert coarsest.grid_size(160) == (10, 10) and coarsest(levels).shape == (1, 176, 10, 10)
+    assert fine.grid_size(160) == (20, 20) and fine(levels).shape == (1, 176, 20, 20)
+    assert torch.equal(fine(levels)[:, 24:64], levels[1])  # the stride-8 level passes through untouched
+    official = MultiLevelFeatureNeck([24, 40, 112], [4, 8, 16], 16)
+    assert torch.equal(official(levels), coarsest(levels))
+    model = methods.build("uniad", "cpu", {"image_size": 160, "token_stride": 8}, feature_channels=[24, 40, 112], feature_reductions=[4, 8, 16])
+    assert model.grid == (20, 20)

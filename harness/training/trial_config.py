@@ -51,7 +51,15 @@ def method_issues(method: Any, preset: Any, method_config: Any) -> list[ConfigIs
         method_config = {}
     if not isinstance(method_config, Mapping):
         return [ConfigIssue("method_config", method_config, "a mapping of method options, e.g. {epochs: 3}")]
-    return method_config_issues(method, preset, method_config)
+    issues = method_config_issues(method, preset, method_config)
+    return issues or backbone_issues({**methods.get(method).presets[preset], **method_config})
+
+
+def backbone_issues(resolved: Mapping[str, Any]) -> list[ConfigIssue]:
+    """The resolved method config's backbone, levels and token stride exist (harness.backbones.backbone_config_problems)."""
+    from harness.backbones import backbone_config_problems
+
+    return [ConfigIssue(f"method_config.{key}", value, expected) for key, value, expected in backbone_config_problems(dict(resolved))]
 
 
 def dataset_arguments(config: Mapping[str, Any]) -> dict:

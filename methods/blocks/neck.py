@@ -1,8 +1,9 @@
 """Multi-level feature neck: UniAD's MFCN (spec section 1.1, "Neck MFCN").
 
-Every backbone level is resized to the grid of the coarsest level (stride 16 for UniAD's
-EfficientNet-B4 levels, so 14x14 at 224) with bilinear interpolation, align_corners=True, and the
-levels are concatenated along channels (24+32+56+160 = 272 for B4). No parameters.
+Every backbone level is resized to the grid of the output stride (the official ``outstrides``; by
+default the coarsest level's, stride 16 for UniAD's EfficientNet-B4 levels, so 14x14 at 224) with
+bilinear interpolation, align_corners=True, and the levels are concatenated along channels
+(24+32+56+160 = 272 for B4). No parameters.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ from torch import Tensor, nn
 
 
 class MultiLevelFeatureNeck(nn.Module):
-    """Align backbone levels to the coarsest grid and concatenate them: list[(B,C_l,H_l,W_l)] -> (B, sum C_l, H, W)."""
+    """Align backbone levels to one level's grid and concatenate them: list[(B,C_l,H_l,W_l)] -> (B, sum C_l, H, W).
 
-    def __init__(self, channels: Sequence[int], reductions: Sequence[int]):
+    ``stride``: the output stride, one of the levels' reductions; None takes the coarsest level's.
+    """
+
+    def __init__(self, channels: Sequence[int], reductions: Sequence[int], stride: int | None = None):
         super().__init__()
         self.channels = [int(c) for c in channels]
         self.reductions = [int(r) for r in reductions]
         self.out_channels = sum(self.channels)
-        self.target_level = max(range(len(self.reductions)), key=lambda i: self.reductions[i])
+        if stride is None:
+            self.target_level = max(range(len(self.reductions)), key=lambda i: self.reductions[i])
+        elif int(stride) in self.reductions:
+            self.target_level = self.reductions.index(int(stride))
+        else:
+            raise ValueError(f"token_stride={stride}: expected the stride of one of the backbone levels, {sorted(set(self.reductions))}")
 
     def grid_size(self, image_size: int) -> tuple[int, int]:
         """Token grid (H, W) for a square input of ``image_size`` pixels."""
