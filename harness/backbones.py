@@ -317,8 +317,8 @@ def _weights_file(source: WeightSource) -> Path | None:
 @cache
 def level_strides(name: str) -> tuple[int, ...]:
     """The stride of every feature level timm offers for ``name`` (its architecture, built once without weights)."""
-    model = timm.create_model(name, pretrained=False, features_only=True, **_size_options(name))
-    return tuple(int(r) for r in model.feature_info.reduction())
+    model = timm.create_model(name, pretrained=False, **_size_options(name))  # the whole model lists every level
+    return tuple(int(info["reduction"]) for info in model.feature_info)
 
 
 def backbone_config_problems(config: dict) -> list[tuple[str, object, str]]:
