@@ -141,7 +141,7 @@ class MoEAD(TokenReconstructionMethod):
         Rule("top_k", lambda c: c["top_k"] <= c["experts"], "at most experts (each token picks top_k of them)"),
     )
 
-    version = 3  # 2: official block order, MoE output dropout, fastmoe expert init; 3: cpu preset from UniAD's at 224 px
+    version = 4  # 2: official block order, MoE output dropout, fastmoe expert init; 3: cpu preset from UniAD's at 224 px; 4: without the neighbour mask
     presets = {"paper": _PAPER, "cpu": _CPU}
 
     def build_reconstruction(self, channels: int) -> nn.Module:

@@ -103,7 +103,7 @@ _CPU = {
 class UniLEAD(UniAD):
     """UniLEAD: neighbour-masked reconstruction transformer whose FFNs are Mixtures of Adapters."""
 
-    version = 3  # 3: cpu preset from UniAD's at 224 px, 40 epochs (issue 12)
+    version = 4  # 3: cpu preset from UniAD's at 224 px, 40 epochs; 4: without the neighbour mask (issue 12)
     presets = {"paper": _PAPER, "cpu": _CPU}
     config_schema = {
         **UniAD.config_schema,

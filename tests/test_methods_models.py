@@ -13,7 +13,8 @@ from methods.blocks.jitter import FeatureJitter
 
 B4_CHANNELS, B4_REDUCTIONS = [24, 32, 56, 160], [2, 4, 8, 16]
 TINY_CHANNELS, TINY_REDUCTIONS = [8, 16], [8, 16]
-TINY = {"image_size": 128, "eval_size": 64, "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64, "neighbour_window": 3, "dropout": 0.0}
+TINY = {"image_size": 128, "eval_size": 64, "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64, "neighbour_window": 3, "dropout": 0.0,
+        "neighbour_mask_sites": [True, True, True]}  # the paper's masks (the cpu preset runs without)
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
@@ -99,6 +100,18 @@ def test_every_attention_site_uses_the_neighbour_mask(name, calls):
     assert len(masks) == calls
     expected = neighbour_mask(8, 8, 3)
     assert all(m is not None and torch.equal(m, expected) for m in masks)
+
+
+@pytest.mark.parametrize("name", ["uniad", "unilead", "moead"])
+def test_the_cpu_presets_attend_without_the_neighbour_mask(name):
+    assert methods.get(name).presets["cpu"]["neighbour_mask_sites"] == [False, False, False]
+    model = tiny(name, {"neighbour_mask_sites": [False, False, False]}).eval()
+    masks = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: masks.append(inp[3])) for m in model.modules() if isinstance(m, NeighbourMaskedAttention)]
+    model.predict(tiny_batch())
+    for h in hooks:
+        h.remove()
+    assert masks and all(m is None for m in masks)
 
 
 def test_jitter_only_in_training_and_scaled_by_token_norm():
