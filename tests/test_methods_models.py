@@ -103,8 +103,9 @@ def test_every_attention_site_uses_the_neighbour_mask(name, calls):
 
 
 @pytest.mark.parametrize("name", ["uniad", "unilead", "moead"])
-def test_the_cpu_presets_attend_without_the_neighbour_mask(name):
-    assert methods.get(name).presets["cpu"]["neighbour_mask_sites"] == [False, False, False]
+def test_the_neighbour_mask_can_be_switched_off_at_every_site(name):
+    cpu_masks = {"uniad": [False] * 3, "unilead": [False] * 3, "moead": [True] * 3}  # what the tuning data chose
+    assert methods.get(name).presets["cpu"]["neighbour_mask_sites"] == cpu_masks[name]
     model = tiny(name, {"neighbour_mask_sites": [False, False, False]}).eval()
     masks = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: masks.append(inp[3])) for m in model.modules() if isinstance(m, NeighbourMaskedAttention)]
