@@ -328,3 +328,25 @@ def test_at_80_columns_no_table_cell_is_cut(populated):
     text = console.export_text()
     assert "Params" in text[text.index("Efficiency"):] and "…" not in text
     assert "mvtec_lo" in text  # the long dataset name is there, folded over lines
+
+
+def test_runs_of_configurations_an_edited_sweep_no_longer_has_are_left_out_and_counted(populated, tmp_path):
+    import json
+    import shutil
+
+    from harness.report.table import leaderboard_table
+
+    import pyarrow.parquet as pq
+
+    store = ResultStore(shutil.copytree(populated.root, tmp_path / "results"))
+    trials = store.read("trials")
+    routings = [json.loads(config)["method_config"]["routing"] for config in trials.column("config_json").to_pylist()]
+    kept = [i for i, routing in enumerate(routings) if routing != "top1"]
+    (trials_file,) = (store.root / "trials").glob("routing*.parquet")
+    pq.write_table(trials.take(kept), trials_file)  # the sweep file lost one mode, and was launched again
+    board = build_leaderboard(store, sweep="routing")
+    assert "routing=top1" not in [row.label for row in board.rows] and board.earlier_runs == 2
+    assert board.row("routing=softmax").metrics["i_auroc"].mean == pytest.approx(0.92)
+    assert any("2 run(s) of configurations no longer in the file of sweep routing" in note
+               for note in leaderboard_table(board, ["i_auroc"], ()).footnotes)
+    assert "routing=top1" in [row.label for row in build_leaderboard(store).rows]  # every run of the store

@@ -154,6 +154,7 @@ class Leaderboard:
     sort_metric: str = "i_auroc"
     bootstrap: BootstrapSettings | None = None  # None: no intervals or tie tests
     dataset: str | None = None  # None: every dataset of the store
+    earlier_runs: int = 0  # runs of this sweep whose configuration its latest definition no longer has (not shown)
 
     @property
     def empty(self) -> bool:
@@ -180,10 +181,11 @@ def build_leaderboard(
 ) -> Leaderboard:
     """Query the store into a Leaderboard (all sweeps when ``sweep`` is None, all datasets when
     ``dataset`` is None: see ``leaderboard_datasets``); ``bootstrap=None`` skips intervals."""
-    trials, runs = _trials_and_runs(store, sweep)
+    trials, runs, earlier = _trials_and_runs(store, sweep)
     if dataset is not None:
         trials = [t for t in trials if _trial_dataset(t) == dataset]
         runs = [r for r in runs if r["dataset"] == dataset]
+        earlier = [r for r in earlier if r["dataset"] == dataset]
 
     configs: dict[str, dict] = {}
     order: dict[str, int] = {}
@@ -267,6 +269,7 @@ def build_leaderboard(
         sort_metric=sort_metric,
         bootstrap=bootstrap,
         dataset=dataset,
+        earlier_runs=len(earlier),
     )
 
 
@@ -293,15 +296,21 @@ def _attach_uncertainty(ranked: list[LeaderboardRow], store: ResultStore, run_id
         row.tie = test
 
 
-def _trials_and_runs(store: ResultStore, sweep: str | None) -> tuple[list[dict], list[dict]]:
+def _trials_and_runs(store: ResultStore, sweep: str | None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(trials, runs to show, runs left out). With a sweep whose trials are recorded, its cells are those of its
+    latest definition (every launch rewrites them): runs of configurations an edit of the file dropped are left out."""
     trials = store.read("trials").to_pylist()
     runs = store.read("runs").to_pylist()
-    if sweep is not None:
-        trials = [t for t in trials if t["sweep"] == sweep]
-        # A cell shared with another sweep (same run id) still belongs to this one.
-        cells = {(t["configuration_key"], t["seed"]) for t in trials}
-        runs = [r for r in runs if r["sweep"] == sweep or (r["configuration_key"], r["seed"]) in cells]
-    return trials, runs
+    if sweep is None:
+        return trials, runs, []
+    trials = [t for t in trials if t["sweep"] == sweep]
+    # A cell shared with another sweep (same run id) still belongs to this one.
+    cells = {(t["configuration_key"], t["seed"]) for t in trials}
+    runs = [r for r in runs if r["sweep"] == sweep or (r["configuration_key"], r["seed"]) in cells]
+    if not trials:
+        return trials, runs, []
+    current = [r for r in runs if (r["configuration_key"], r["seed"]) in cells]
+    return trials, current, [r for r in runs if (r["configuration_key"], r["seed"]) not in cells]
 
 
 def _trial_dataset(trial: dict) -> str:
@@ -311,7 +320,7 @@ def _trial_dataset(trial: dict) -> str:
 def leaderboard_datasets(store: ResultStore, sweep: str | None = None) -> list[str]:
     """The datasets of a store's (or one sweep's) cells, in first-seen order: a leaderboard ranks
     within one dataset, so a store holding several is shown as one board per dataset."""
-    trials, runs = _trials_and_runs(store, sweep)
+    trials, runs, _ = _trials_and_runs(store, sweep)
     found = [_trial_dataset(t) for t in sorted(trials, key=lambda t: (t["sweep"], t["trial_index"] or 0))]
     found += [r["dataset"] for r in runs if r["configuration_key"] is not None]
     return list(dict.fromkeys(found))

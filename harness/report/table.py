@@ -161,6 +161,9 @@ def leaderboard_table(
         rows.append(cells)
     footnotes = [REPORTED_NOTE] if reported_metrics else []
     footnotes += [f"{row.label}: {problem}" for row in board.rows for problem in row.problems]
+    if board.earlier_runs:
+        footnotes.append(f"* {board.earlier_runs} run(s) of configurations no longer in the file of sweep {board.sweep} are not "
+                         "shown; `harness leaderboard` without --sweep lists every run of the store")
     return TextTable(headers, rows, [r.status for r in board.rows], footnotes, uncertainty_legend(board, metrics))
 
 
