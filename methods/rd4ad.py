@@ -62,7 +62,8 @@ _CPU = {
     **_PAPER,
     "backbone": "tf_efficientnet_lite0",  # packaged weights; levels 1-3 are 24/40/112 at strides 4/8/16
     # 224 px instead of 160 (eval 112): +2.6 / +0.7 I / P-AUROC on validation_a, +6.1 / -0.4 on
-    # validation_b in about 100 s of training (docs/presets.md); 40 epochs added nothing to P-AUROC.
+    # validation_b in about 100 s of training; 40 epochs added nothing to P-AUROC. On embedded_v3 (seed 0
+    # -3.5 / -3.3, seed 1 -1.1 / -1.9, both run after the choice) it loses: docs/presets.md.
     "image_size": 224,
     "eval_size": 224,
     "epochs": 20,
