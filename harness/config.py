@@ -43,10 +43,14 @@ class ConfigProblems(ConfigError):
     def __init__(self, source: str, issues: list[ConfigIssue], what: str = "in the configuration"):
         self.source = source
         self.issues = list(issues)
+        self.what = what
         count = len(self.issues)
         lines = [f"{source}: {count} problem{'s' if count != 1 else ''} {what}:"]
         lines += [f"  - {issue}" for issue in self.issues]
         super().__init__("\n".join(lines))
+
+    def __reduce__(self):  # rebuilt from its fields where it crosses processes (a Ray worker's error)
+        return type(self), (self.source, self.issues, self.what)
 
 
 def renamed(issues: list[ConfigIssue], name_of: Callable[[str], str]) -> list[ConfigIssue]:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 import methods
-from harness.config import ConfigError, load_yaml, parse_assignment
+from harness.config import ConfigError, ConfigIssue, ConfigProblems, load_yaml, parse_assignment
 from harness.sweep.spec import SweepError, parse_sweep
 from harness.training.trial_config import TrialConfig, trial_issues
 from methods.config_schema import Choice, Int, ListOf, Nullable, Real, config_issues, method_config_issues
@@ -124,3 +124,13 @@ def test_dataset_cards_reject_duplicate_keys_too(tmp_path):
     path.write_text("name: x\nlayout: mvtec_ad\nclasses:\n  a: {}\n  a: {}\n")
     with pytest.raises(CardError, match=r"card\.yaml: line 5, column 3: invalid YAML: duplicate key 'a'"):
         load_card(path)
+
+
+@pytest.mark.parametrize("error_type", [ConfigProblems, SweepError])
+def test_config_problems_cross_processes_intact(error_type):
+    """A Ray worker's error is pickled to the driver: it must come back with its message and issues."""
+    import pickle
+
+    error = error_type("trial config", [ConfigIssue("method_config.backbone", "none", "a timm model name")])
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is error_type and str(back) == str(error) and back.issues == error.issues

@@ -45,8 +45,8 @@ SweepIssue = ConfigIssue
 class SweepError(ConfigProblems):
     """Every problem found in one sweep file, reported together."""
 
-    def __init__(self, source: str, issues: list[ConfigIssue]):
-        super().__init__(source, issues, "in the sweep file")
+    def __init__(self, source: str, issues: list[ConfigIssue], what: str = "in the sweep file"):
+        super().__init__(source, issues, what)
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,19 @@ def method_issues(method: Any, preset: Any, method_config: Any) -> list[ConfigIs
     if not isinstance(method_config, Mapping):
         return [ConfigIssue("method_config", method_config, "a mapping of method options, e.g. {epochs: 3}")]
     issues = method_config_issues(method, preset, method_config)
-    return issues or backbone_issues({**methods.get(method).presets[preset], **method_config})
+    cls = methods.get(method)
+    return issues or backbone_issues({**cls.presets[preset], **method_config}, needs_backbone=cls.input_kind == "features")
 
 
-def backbone_issues(resolved: Mapping[str, Any]) -> list[ConfigIssue]:
-    """The resolved method config's backbone, levels and token stride exist (harness.backbones.backbone_config_problems)."""
+def backbone_issues(resolved: Mapping[str, Any], needs_backbone: bool = True) -> list[ConfigIssue]:
+    """The resolved method config's backbone, levels and token stride exist (harness.backbones.backbone_config_problems).
+    An image-input method may run without a timm backbone (its own network on the pixels): then only a timm name is checked."""
+    import timm
+
     from harness.backbones import backbone_config_problems
 
+    if not needs_backbone and not timm.is_model(str(resolved.get("backbone"))):
+        return []
     return [ConfigIssue(f"method_config.{key}", value, expected) for key, value, expected in backbone_config_problems(dict(resolved))]
 
 
