@@ -321,14 +321,16 @@ def level_strides(name: str) -> tuple[int, ...]:
     return tuple(int(info["reduction"]) for info in model.feature_info)
 
 
-def backbone_config_problems(config: dict) -> list[tuple[str, object, str]]:
+def backbone_config_problems(config: dict, needs_backbone: bool = True) -> list[tuple[str, object, str]]:
     """(key, value, expected) for a method config's backbone keys that cannot work, known before any work:
-    an unknown timm name, a level the backbone lacks, a ``token_stride`` none of the chosen levels has."""
+    an unknown timm name, a level the backbone lacks, a ``token_stride`` none of the chosen levels has.
+    Without ``needs_backbone`` (an image-input method may run its own network on the pixels) a name that
+    is no timm model is no problem."""
     name, levels = config.get("backbone"), config.get("backbone_levels")
     if not isinstance(name, str) or levels is None:
         return []
     if not timm.is_model(name):
-        return [("backbone", name, "a timm model name (see `harness backbones list`)")]
+        return [("backbone", name, "a timm model name (see `harness backbones list`)")] if needs_backbone else []
     strides = level_strides(name)
     missing = [level for level in levels if level >= len(strides)]
     if missing:

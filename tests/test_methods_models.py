@@ -89,14 +89,19 @@ def test_masked_attention_output_ignores_values_inside_the_window():
     assert not torch.allclose(out[0, 0], changed_out[0, 0])
 
 
-@pytest.mark.parametrize("name, calls", [("uniad", 1 + 2 * 2), ("unilead", 1 + 2 * 2), ("moead", 2 * 2)])
-def test_every_attention_site_uses_the_neighbour_mask(name, calls):
-    model = tiny(name).eval()
+def attention_masks(model):
+    """The mask each neighbour-masked attention received during one predict, in call order."""
     masks = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: masks.append(inp[3])) for m in model.modules() if isinstance(m, NeighbourMaskedAttention)]
     model.predict(tiny_batch())
     for h in hooks:
         h.remove()
+    return masks
+
+
+@pytest.mark.parametrize("name, calls", [("uniad", 1 + 2 * 2), ("unilead", 1 + 2 * 2), ("moead", 2 * 2)])
+def test_every_attention_site_uses_the_neighbour_mask(name, calls):
+    masks = attention_masks(tiny(name).eval())
     assert len(masks) == calls
     expected = neighbour_mask(8, 8, 3)
     assert all(m is not None and torch.equal(m, expected) for m in masks)
@@ -106,12 +111,7 @@ def test_every_attention_site_uses_the_neighbour_mask(name, calls):
 def test_the_neighbour_mask_can_be_switched_off_at_every_site(name):
     cpu_masks = {"uniad": [False] * 3, "unilead": [False] * 3, "moead": [True] * 3}  # what the tuning data chose
     assert methods.get(name).presets["cpu"]["neighbour_mask_sites"] == cpu_masks[name]
-    model = tiny(name, {"neighbour_mask_sites": [False, False, False]}).eval()
-    masks = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: masks.append(inp[3])) for m in model.modules() if isinstance(m, NeighbourMaskedAttention)]
-    model.predict(tiny_batch())
-    for h in hooks:
-        h.remove()
+    masks = attention_masks(tiny(name, {"neighbour_mask_sites": [False, False, False]}).eval())
     assert masks and all(m is None for m in masks)
 
 

@@ -304,13 +304,12 @@ def _trials_and_runs(store: ResultStore, sweep: str | None) -> tuple[list[dict],
     if sweep is None:
         return trials, runs, []
     trials = [t for t in trials if t["sweep"] == sweep]
+    if not trials:
+        return trials, [r for r in runs if r["sweep"] == sweep], []
     # A cell shared with another sweep (same run id) still belongs to this one.
     cells = {(t["configuration_key"], t["seed"]) for t in trials}
-    runs = [r for r in runs if r["sweep"] == sweep or (r["configuration_key"], r["seed"]) in cells]
-    if not trials:
-        return trials, runs, []
     current = [r for r in runs if (r["configuration_key"], r["seed"]) in cells]
-    return trials, current, [r for r in runs if (r["configuration_key"], r["seed"]) not in cells]
+    return trials, current, [r for r in runs if r["sweep"] == sweep and (r["configuration_key"], r["seed"]) not in cells]
 
 
 def _trial_dataset(trial: dict) -> str:

@@ -57,15 +57,11 @@ def method_issues(method: Any, preset: Any, method_config: Any) -> list[ConfigIs
 
 
 def backbone_issues(resolved: Mapping[str, Any], needs_backbone: bool = True) -> list[ConfigIssue]:
-    """The resolved method config's backbone, levels and token stride exist (harness.backbones.backbone_config_problems).
-    An image-input method may run without a timm backbone (its own network on the pixels): then only a timm name is checked."""
-    import timm
-
+    """The resolved method config's backbone, levels and token stride exist (harness.backbones.backbone_config_problems)."""
     from harness.backbones import backbone_config_problems
 
-    if not needs_backbone and not timm.is_model(str(resolved.get("backbone"))):
-        return []
-    return [ConfigIssue(f"method_config.{key}", value, expected) for key, value, expected in backbone_config_problems(dict(resolved))]
+    return [ConfigIssue(f"method_config.{key}", value, expected)
+            for key, value, expected in backbone_config_problems(dict(resolved), needs_backbone)]
 
 
 def dataset_arguments(config: Mapping[str, Any]) -> dict:
