@@ -96,6 +96,11 @@ _CPU = {
     **{k: v for k, v in _UNIAD_CPU.items() if k != "score_pool_at_224"},
     "bottlenecks": [16, 32, 64, 128],
     "lr": _UNIAD_CPU["lr"],
+    # The mean of the top 5 % of pixels alone (eq. 5 with w = 0, 0, 1): +2.6 and +3.8 class-mean
+    # I-AUROC on validation_a and validation_b, then +4.3 on embedded_v3 seed 2, a split scored for
+    # nothing else (docs/presets.md). The paper's 1/3 each over the top 1 % stays the paper preset's.
+    "score_weights": [0.0, 0.0, 1.0],
+    "score_topk_fraction": 0.05,
 }
 
 
@@ -103,7 +108,7 @@ _CPU = {
 class UniLEAD(UniAD):
     """UniLEAD: neighbour-masked reconstruction transformer whose FFNs are Mixtures of Adapters."""
 
-    version = 4  # 3: cpu preset from UniAD's at 224 px, 40 epochs; 4: without the neighbour mask (issue 12)
+    version = 5  # 3: cpu preset from UniAD's at 224 px, 40 epochs; 4: without the neighbour mask; 5: cpu image score top-5 % mean (issue 12)
     presets = {"paper": _PAPER, "cpu": _CPU}
     config_schema = {
         **UniAD.config_schema,

@@ -169,7 +169,7 @@ def test_predict_shapes_dtypes_and_eval_mode(name):
 
 
 def test_unilead_score_combines_max_mean_and_topk():
-    model = tiny("unilead", {"score_weights": [1.0, 0.0, 0.0], "smoothing_sigma": 0.0})
+    model = tiny("unilead", {"score_weights": [1.0, 0.0, 0.0], "score_topk_fraction": 0.01, "smoothing_sigma": 0.0})
     maps = torch.zeros(1, 64, 64)
     maps[0, 3, 4] = 2.0
     assert float(model.image_scores(maps)) == pytest.approx(2.0)
@@ -177,6 +177,15 @@ def test_unilead_score_combines_max_mean_and_topk():
     assert float(model.image_scores(maps)) == pytest.approx(2.0 / 4096)
     model.config["score_weights"] = [0.0, 0.0, 1.0]
     assert float(model.image_scores(maps)) == pytest.approx(2.0 / 41)  # top ceil(1% of 4096) = 41 pixels
+
+
+def test_unilead_cpu_score_is_the_top_5_percent_mean_and_paper_score_the_papers():
+    maps = torch.zeros(1, 64, 64)
+    maps[0, :2, :] = 1.0  # 128 hot pixels: the top 5 % (205) mean is 128 / 205
+    cpu = tiny("unilead", {"smoothing_sigma": 0.0})
+    assert float(cpu.image_scores(maps)) == pytest.approx(128 / 205)
+    paper = methods.build("unilead", "paper", {**TINY, "smoothing_sigma": 0.0}, feature_channels=TINY_CHANNELS, feature_reductions=TINY_REDUCTIONS)
+    assert float(paper.image_scores(maps)) == pytest.approx((1.0 + 128 / 4096 + 1.0) / 3)  # 1/3 max + mean + top-1 % (41 px, all hot)
 
 
 def test_moead_balance_loss_enters_the_total_with_weight_1e_2():
