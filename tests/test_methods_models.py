@@ -30,9 +30,9 @@ def paper(name, overrides=None):
     return methods.build(name, "paper", overrides, feature_channels=B4_CHANNELS, feature_reductions=B4_REDUCTIONS)
 
 
-def tiny(name, overrides=None):
+def tiny(name, overrides=None, preset="cpu"):
     extra = {"encoder_layers": 1, "decoder_layers": 2} if name != "moead" else {"rounds": 2}
-    return methods.build(name, "cpu", {**TINY, **extra, **(overrides or {})}, feature_channels=TINY_CHANNELS, feature_reductions=TINY_REDUCTIONS)
+    return methods.build(name, preset, {**TINY, **extra, **(overrides or {})}, feature_channels=TINY_CHANNELS, feature_reductions=TINY_REDUCTIONS)
 
 
 def tiny_batch(batch=2, seed=0):
@@ -184,7 +184,7 @@ def test_unilead_cpu_score_is_the_top_5_percent_mean_and_paper_score_the_papers(
     maps[0, :2, :] = 1.0  # 128 hot pixels: the top 5 % (205) mean is 128 / 205
     cpu = tiny("unilead", {"smoothing_sigma": 0.0})
     assert float(cpu.image_scores(maps)) == pytest.approx(128 / 205)
-    paper = methods.build("unilead", "paper", {**TINY, "smoothing_sigma": 0.0}, feature_channels=TINY_CHANNELS, feature_reductions=TINY_REDUCTIONS)
+    paper = tiny("unilead", {"smoothing_sigma": 0.0}, preset="paper")
     assert float(paper.image_scores(maps)) == pytest.approx((1.0 + 128 / 4096 + 1.0) / 3)  # 1/3 max + mean + top-1 % (41 px, all hot)
 
 
